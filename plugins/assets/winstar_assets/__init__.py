@@ -1,0 +1,1 @@
+"""Winstar Edge plugin: the asset entity type."""

@@ -1,0 +1,1 @@
+"""Winstar Edge plugin: the device entity type."""

@@ -1,0 +1,1 @@
+"""Winstar Edge plugin: entity groups and the PE [Edge] NAME All rule."""

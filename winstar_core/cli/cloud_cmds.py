@@ -1,0 +1,260 @@
+"""Cloud commands: tenants, customers, roles, users, edges, assignment, downlinks."""
+
+from __future__ import annotations
+
+import click
+
+from winstar_core.cli.api import current_node, emit, node_options
+from winstar_core.services.cloud import CloudService
+from winstar_core.services.common import event_json, iso
+from winstar_core.store.models import Customer, Edge, Role, Tenant, User
+
+STATUS = click.Choice(["pending", "delivered", "failed"], case_sensitive=False)
+
+
+def tenant_json(t: Tenant) -> dict[str, str]:
+    return {"id": str(t.id), "name": t.name}
+
+
+def customer_json(c: Customer) -> dict[str, str]:
+    return {"id": str(c.id), "name": c.name, "tenant_id": str(c.tenant_id)}
+
+
+def role_json(r: Role) -> dict[str, object]:
+    return {"id": str(r.id), "name": r.name, "tenant_id": str(r.tenant_id), "permissions": list(r.permissions)}
+
+
+def user_json(cloud: CloudService, u: User) -> dict[str, object]:
+    return {
+        "id": str(u.id),
+        "email": u.email,
+        "authority": u.authority,
+        "tenant_id": str(u.tenant_id),
+        "customer_id": str(u.customer_id) if u.customer_id else None,
+        "roles": [r.name for r in cloud.user_roles(u)],
+        "permissions": cloud.user_permissions(u),
+    }
+
+
+def edge_json(e: Edge, pending: int) -> dict[str, object]:
+    return {
+        "id": str(e.id),
+        "name": e.name,
+        "tenant_id": str(e.tenant_id),
+        "customer_id": str(e.customer_id) if e.customer_id else None,
+        "connected": e.connected,
+        "last_seen": iso(e.last_seen),
+        "pending": pending,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+@click.group("tenant")
+def tenant_group() -> None:
+    """Tenants (cloud)."""
+
+
+@tenant_group.command("create")
+@click.argument("name")
+@node_options
+def tenant_create(name: str, as_json: bool) -> None:
+    with current_node().cloud("winstar tenant create") as cloud:
+        value = tenant_json(cloud.create_tenant(name))
+    emit(value, as_json)
+
+
+@tenant_group.command("list")
+@node_options
+def tenant_list(as_json: bool) -> None:
+    with current_node().cloud("winstar tenant list") as cloud:
+        value = [tenant_json(t) for t in cloud.list_tenants()]
+    emit(value, as_json)
+
+
+# --------------------------------------------------------------------------------------------------
+@click.group("customer")
+def customer_group() -> None:
+    """Customers of a tenant (cloud)."""
+
+
+@customer_group.command("create")
+@click.argument("name")
+@click.option("--tenant", "tenant_ref", help="tenant name or id (default: the only tenant)")
+@node_options
+def customer_create(name: str, tenant_ref: str | None, as_json: bool) -> None:
+    with current_node().cloud("winstar customer create") as cloud:
+        value = customer_json(cloud.create_customer(name, cloud.default_tenant(tenant_ref)))
+    emit(value, as_json)
+
+
+# --------------------------------------------------------------------------------------------------
+@click.group("role")
+def role_group() -> None:
+    """Roles and their permissions (PE cloud)."""
+
+
+@role_group.command("create")
+@click.argument("name")
+@click.option("--tenant", "tenant_ref", help="tenant name or id (default: the only tenant)")
+@click.option("--permission", "permissions", multiple=True, metavar="RESOURCE:OPERATION",
+              help="for example DEVICE:WRITE; repeat for several")
+@node_options
+def role_create(name: str, tenant_ref: str | None, permissions: tuple[str, ...], as_json: bool) -> None:
+    with current_node().cloud("winstar role create") as cloud:
+        value = role_json(cloud.create_role(name, cloud.default_tenant(tenant_ref), permissions))
+    emit(value, as_json)
+
+
+# --------------------------------------------------------------------------------------------------
+@click.group("user")
+def user_group() -> None:
+    """Users of a tenant (cloud)."""
+
+
+@user_group.command("create")
+@click.argument("email")
+@click.option("--tenant", "tenant_ref", help="tenant name or id (default: the only tenant)")
+@click.option("--authority", required=True, type=click.Choice(["TENANT_ADMIN", "CUSTOMER_USER"], case_sensitive=False))
+@click.option("--customer", "customer_ref", help="customer name or id (for a CUSTOMER_USER)")
+@click.option("--role", "role_refs", multiple=True, help="role name or id (PE); repeat for several")
+@node_options
+def user_create(
+    email: str, tenant_ref: str | None, authority: str, customer_ref: str | None, role_refs: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    with current_node().cloud("winstar user create") as cloud:
+        tenant = cloud.default_tenant(tenant_ref)
+        customer = cloud.find_customer(customer_ref, tenant) if customer_ref else None
+        roles = [cloud.find_role(r, tenant) for r in role_refs]
+        user = cloud.create_user(email, tenant, authority, customer, roles)
+        value = user_json(cloud, user)
+    emit(value, as_json)
+
+
+@user_group.command("list")
+@click.option("--tenant", "tenant_ref", help="tenant name or id (default: the only tenant)")
+@node_options
+def user_list(tenant_ref: str | None, as_json: bool) -> None:
+    with current_node().cloud("winstar user list") as cloud:
+        tenant = cloud.default_tenant(tenant_ref)
+        value = [user_json(cloud, u) for u in cloud.tenant_users(tenant.id)]
+    emit(value, as_json, ["id", "email", "authority", "roles"])
+
+
+# --------------------------------------------------------------------------------------------------
+@click.group("edge")
+def edge_group() -> None:
+    """Edges: create, list, assign entities, sync, downlinks (cloud)."""
+
+
+@edge_group.command("create")
+@click.argument("name")
+@click.option("--tenant", "tenant_ref", help="tenant name or id (default: the only tenant)")
+@click.option("--customer", "customer_ref", help="customer name or id")
+@node_options
+def edge_create(name: str, tenant_ref: str | None, customer_ref: str | None, as_json: bool) -> None:
+    """Create an edge; its secret is shown this once."""
+    with current_node().cloud("winstar edge create") as cloud:
+        tenant = cloud.default_tenant(tenant_ref)
+        customer = cloud.find_customer(customer_ref, tenant) if customer_ref else None
+        edge, secret = cloud.create_edge(name, tenant, customer)
+        value = {
+            "id": str(edge.id),
+            "name": edge.name,
+            "tenant_id": str(edge.tenant_id),
+            "routing_key": edge.routing_key,
+            "secret": secret,
+        }
+    emit(value, as_json)
+
+
+@edge_group.command("list")
+@node_options
+def edge_list(as_json: bool) -> None:
+    with current_node().cloud("winstar edge list") as cloud:
+        pending = cloud.pending_counts()
+        value = [edge_json(e, pending.get(e.id, 0)) for e in cloud.list_edges()]
+    emit(value, as_json, ["id", "name", "tenant_id", "connected", "last_seen", "pending"])
+
+
+def _edge_and_entity(cloud: CloudService, edge_ref: str, type_name: str, ref: str, tenant_ref: str | None):  # type: ignore[no-untyped-def]
+    tenant = cloud.find_tenant(tenant_ref) if tenant_ref else None
+    edge = cloud.find_edge(edge_ref, tenant)
+    entity = cloud.entities.find_entity(type_name, ref, edge.tenant_id)
+    return edge, entity
+
+
+@edge_group.command("assign")
+@click.argument("edge_ref", metavar="EDGE")
+@click.argument("type_name", metavar="TYPE")
+@click.argument("ref", metavar="REF")
+@click.option("--tenant", "tenant_ref", help="tenant name or id, when the edge name is ambiguous")
+@node_options
+def edge_assign(edge_ref: str, type_name: str, ref: str, tenant_ref: str | None, as_json: bool) -> None:
+    """Assign an entity to an edge (queued while the edge is offline)."""
+    with current_node().cloud("winstar edge assign") as cloud:
+        edge, entity = _edge_and_entity(cloud, edge_ref, type_name, ref, tenant_ref)
+        cloud.assign(edge, entity)
+        value = {"edge_id": str(edge.id), "entity_id": str(entity.id), "type": entity.type}
+    emit(value, as_json)
+
+
+@edge_group.command("unassign")
+@click.argument("edge_ref", metavar="EDGE")
+@click.argument("type_name", metavar="TYPE")
+@click.argument("ref", metavar="REF")
+@click.option("--tenant", "tenant_ref", help="tenant name or id, when the edge name is ambiguous")
+@node_options
+def edge_unassign(edge_ref: str, type_name: str, ref: str, tenant_ref: str | None, as_json: bool) -> None:
+    """Unassign an entity from an edge."""
+    with current_node().cloud("winstar edge unassign") as cloud:
+        edge, entity = _edge_and_entity(cloud, edge_ref, type_name, ref, tenant_ref)
+        cloud.unassign(edge, entity)
+        value = {"edge_id": str(edge.id), "entity_id": str(entity.id), "type": entity.type}
+    emit(value, as_json)
+
+
+@edge_group.command("entities")
+@click.argument("edge_ref", metavar="EDGE")
+@click.option("--tenant", "tenant_ref", help="tenant name or id, when the edge name is ambiguous")
+@node_options
+def edge_entities(edge_ref: str, tenant_ref: str | None, as_json: bool) -> None:
+    """The entities effectively assigned to the edge (directly or through a group)."""
+    with current_node().cloud("winstar edge entities") as cloud:
+        edge = cloud.find_edge(edge_ref, cloud.find_tenant(tenant_ref) if tenant_ref else None)
+        value = [
+            {"id": str(e.id), "type": e.type, "name": e.name, "version": e.version}
+            for e in cloud.effective_entities(edge)
+        ]
+    emit(value, as_json)
+
+
+@edge_group.command("sync")
+@click.argument("edge_ref", metavar="EDGE")
+@click.option("--tenant", "tenant_ref", help="tenant name or id, when the edge name is ambiguous")
+@node_options
+def edge_sync(edge_ref: str, tenant_ref: str | None, as_json: bool) -> None:
+    """Sync Edge: runs now if the edge is connected, else when it reconnects."""
+    with current_node().cloud("winstar edge sync") as cloud:
+        edge = cloud.find_edge(edge_ref, cloud.find_tenant(tenant_ref) if tenant_ref else None)
+        cloud.request_sync(edge)
+        value = {"edge_id": str(edge.id), "requested": True, "connected": edge.connected}
+    emit(value, as_json)
+
+
+@edge_group.command("downlinks")
+@click.argument("edge_ref", metavar="EDGE")
+@click.option("--status", type=STATUS, help="only events in this state")
+@click.option("--limit", type=click.IntRange(min=1), help="at most this many (newest first)")
+@click.option("--tenant", "tenant_ref", help="tenant name or id, when the edge name is ambiguous")
+@node_options
+def edge_downlinks(edge_ref: str, status: str | None, limit: int | None, tenant_ref: str | None,
+                   as_json: bool) -> None:
+    """Messages sent (or waiting to be sent) from the cloud to the edge, newest first."""
+    with current_node().cloud("winstar edge downlinks") as cloud:
+        edge = cloud.find_edge(edge_ref, cloud.find_tenant(tenant_ref) if tenant_ref else None)
+        value = [event_json(ev) for ev in cloud.downlinks(edge, status, limit)]
+    emit(value, as_json, ["seq", "created_time", "type", "action", "entity_id", "status", "delivered_time", "error"])
+
+
+COMMANDS = [tenant_group, customer_group, role_group, user_group, edge_group]

@@ -1,0 +1,124 @@
+"""Node setup and inspection: init, status, plugins, demo."""
+
+from __future__ import annotations
+
+import click
+
+from winstar_core.cli.api import current_node, emit, node_options
+from winstar_core.node import CLOUD, EDGE
+from winstar_core.services.common import get_config, iso
+
+
+@click.group("init")
+def init_group() -> None:
+    """Create a cloud or an edge database (the role is decided once)."""
+
+
+@init_group.command("cloud")
+@click.option("--edition", type=click.Choice(["ce", "pe"], case_sensitive=False), default="ce", show_default=True)
+@node_options
+def init_cloud(edition: str, as_json: bool) -> None:
+    """Create a cloud database; running it again is harmless."""
+    node = current_node()
+    created = node.init_cloud(edition)
+    emit({"role": CLOUD, "edition": edition.lower(), "created": created}, as_json)
+
+
+@init_group.command("edge")
+@click.option("--cloud", "cloud_addr", required=True, metavar="HOST:PORT", help="the cloud's gRPC address")
+@click.option("--routing-key", required=True, help="the edge's routing key (from `winstar edge create`)")
+@click.option("--secret", required=True, help="the edge's secret (from `winstar edge create`)")
+@click.option("--secret-file", default=None, help="where to keep the secret (default: beside the database)")
+@node_options
+def init_edge(cloud_addr: str, routing_key: str, secret: str, secret_file: str | None, as_json: bool) -> None:
+    """Create an edge database that will connect to that cloud."""
+    node = current_node()
+    created = node.init_edge(cloud_addr, routing_key, secret, secret_file)
+    emit({"role": EDGE, "cloud": cloud_addr, "routing_key": routing_key, "created": created}, as_json)
+
+
+@click.command("status")
+@node_options
+def status(as_json: bool) -> None:
+    """What this node is and how its link is doing."""
+    node = current_node()
+    role = node.role()
+    if role == CLOUD:
+        with node.cloud() as cloud:
+            pending = cloud.pending_counts()
+            edges = [
+                {
+                    "id": str(e.id),
+                    "name": e.name,
+                    "connected": e.connected,
+                    "last_seen": iso(e.last_seen),
+                    "pending": pending.get(e.id, 0),
+                }
+                for e in cloud.list_edges()
+            ]
+            value = {"role": CLOUD, "edition": cloud.edition, "edges": edges}
+        if as_json:
+            emit(value, True)
+        else:
+            click.echo(f"cloud ({value['edition'].upper()}), {len(edges)} edge(s)")
+            emit(edges, False, ["id", "name", "connected", "last_seen", "pending"])
+        return
+    with node.edge() as edge:
+        s = edge.session
+        value = {
+            "role": EDGE,
+            "connected": bool(get_config(s, "connected", False)),
+            "cloud": get_config(s, "cloud"),
+            "pending_uplinks": edge.pending_uplinks(),
+            "last_sync": iso(get_config(s, "last_sync")),
+            "error": get_config(s, "last_error"),
+            "edge_id": get_config(s, "edge_id"),
+            "edge_name": get_config(s, "edge_name"),
+            "edition": edge.edition,
+        }
+    emit(value, as_json)
+
+
+@click.group("plugins")
+def plugins_group() -> None:
+    """Inspect the loaded plugins."""
+
+
+@plugins_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print exactly one JSON value on stdout")
+@click.pass_context
+def plugins_list(ctx: click.Context, as_json: bool) -> None:
+    """Loaded plugins and the entity types each registers."""
+    from winstar_core.cli.api import CliState
+
+    state = ctx.find_object(CliState)
+    assert state is not None
+    platform = state.platform
+    by_plugin = platform.types.by_plugin()
+    rows = [
+        {
+            "name": p.name,
+            "distribution": p.distribution,
+            "version": p.version,
+            "entity_types": sorted(by_plugin.get(p.name, [])),
+        }
+        for p in platform.plugins
+    ]
+    if as_json:
+        emit(rows, True)
+        return
+    emit(rows, False, ["name", "distribution", "version", "entity_types"])
+    for name, error in platform.failures:
+        click.echo(f"failed: {name}: {error}")
+
+
+@click.command("demo")
+@click.option("--keep", is_flag=True, help="keep the temporary folder and print where it is")
+def demo(keep: bool) -> None:
+    """The guided tour on SQLite: a cloud and an edge in temporary folders."""
+    from winstar_core.demo import run_demo
+
+    run_demo(keep=keep)
+
+
+COMMANDS = [init_group, status, plugins_group, demo]

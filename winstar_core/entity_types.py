@@ -1,0 +1,153 @@
+"""What an entity type is, and the register that plugins add theirs to.
+
+The core never names a concrete type: everything it needs to know about one is on its class.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, ClassVar
+
+import marshmallow
+
+from winstar_core.errors import InvalidData, NotFound, PluginError
+
+
+class EntityType:
+    """Base class for an entity type. Subclass it, set the class attributes, register the class
+    through ``winstar_register_entity_types``.
+    """
+
+    #: stable wire name, used on the command line, in the database and on the wire
+    name: ClassVar[str]
+    #: validates and serializes the entity's ``data``
+    schema: ClassVar[type[marshmallow.Schema]]
+    #: bumped whenever the schema changes incompatibly; announced to the peer at connect
+    schema_version: ClassVar[int] = 1
+    #: whether an edge may create entities of this type locally
+    creatable_on_edge: ClassVar[bool] = False
+    #: wire names of the types that must reach an edge before this one
+    depends_on: ClassVar[tuple[str, ...]] = ()
+    #: resource named by permissions (``RESOURCE:OPERATION``); defaults to the upper-cased name
+    permission_resource: ClassVar[str | None] = None
+    #: whether entities of this type contain other entities (assigning one assigns its members)
+    container: ClassVar[bool] = False
+
+    # -- data ------------------------------------------------------------------------------------
+
+    @classmethod
+    def resource(cls) -> str:
+        return cls.permission_resource or cls.name.upper()
+
+    @classmethod
+    def validate(cls, data: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Validate user or peer input and return the data to store (defaults filled in)."""
+        try:
+            loaded = cls.schema().load(dict(data or {}))
+        except marshmallow.ValidationError as exc:
+            raise InvalidData(f"invalid {cls.name} data: {_one_line(exc.messages)}") from None
+        return dict(cls.schema().dump(loaded))
+
+    @classmethod
+    def merge(cls, current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+        """The data after an update: by default, top-level keys of ``changes`` replace ``current``."""
+        return cls.validate({**current, **changes})
+
+    @classmethod
+    def serialize(cls, data: Mapping[str, Any]) -> bytes:
+        """The payload that travels on the wire for this type."""
+        return json.dumps(cls.schema().dump(data), separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def deserialize(cls, payload: bytes) -> dict[str, Any]:
+        """Read a payload produced by :meth:`serialize` (possibly by the peer), validating it."""
+        try:
+            raw = json.loads(payload.decode() or "{}")
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidData(f"unreadable {cls.name} payload: {exc}") from None
+        if not isinstance(raw, dict):
+            raise InvalidData(f"unreadable {cls.name} payload: not an object")
+        return cls.validate(raw)
+
+    # -- containers ------------------------------------------------------------------------------
+
+    @classmethod
+    def accepts_member(cls, data: Mapping[str, Any], member_type: str) -> bool:
+        """For a container: whether an entity of ``member_type`` may be one of its members."""
+        return False
+
+
+def _one_line(messages: Any) -> str:
+    if isinstance(messages, dict):
+        return "; ".join(f"{k}: {_one_line(v)}" for k, v in messages.items())
+    if isinstance(messages, list):
+        return ", ".join(_one_line(m) for m in messages)
+    return str(messages)
+
+
+class EntityTypeRegister:
+    """Collects entity types from plugins; refuses a wire name registered twice."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, type[EntityType]] = {}
+        self._owner: dict[str, str] = {}
+        self._current_plugin = "?"
+
+    def _for_plugin(self, plugin_name: str) -> EntityTypeRegister:
+        self._current_plugin = plugin_name
+        return self
+
+    def add(self, entity_type: type[EntityType]) -> None:
+        if not (isinstance(entity_type, type) and issubclass(entity_type, EntityType)):
+            raise PluginError(f"plugin {self._current_plugin!r} registered {entity_type!r}, not an EntityType")
+        name = getattr(entity_type, "name", None)
+        if not name or not isinstance(name, str):
+            raise PluginError(f"plugin {self._current_plugin!r}: entity type {entity_type!r} has no wire name")
+        if name in self._types:
+            raise PluginError(
+                f"plugin {self._current_plugin!r} registers entity type {name!r}, "
+                f"already registered by plugin {self._owner[name]!r}"
+            )
+        self._types[name] = entity_type
+        self._owner[name] = self._current_plugin
+
+    def owner(self, name: str) -> str:
+        return self._owner[name]
+
+    def get(self, name: str) -> type[EntityType]:
+        try:
+            return self._types[name]
+        except KeyError:
+            known = ", ".join(sorted(self._types)) or "none"
+            raise NotFound(f"unknown entity type {name!r} (known: {known})") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
+    def __iter__(self) -> Iterator[type[EntityType]]:
+        return iter(self._types.values())
+
+    def names(self) -> list[str]:
+        return sorted(self._types)
+
+    def by_plugin(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for name, owner in self._owner.items():
+            out.setdefault(owner, []).append(name)
+        return out
+
+    def rank(self, name: str) -> int:
+        """Dependency depth: a type is sent after every type it depends on (lower rank first)."""
+        seen: set[str] = set()
+
+        def depth(n: str) -> int:
+            if n in seen or n not in self._types:
+                return 0
+            seen.add(n)
+            deps: Iterable[str] = self._types[n].depends_on
+            d = 1 + max((depth(x) for x in deps), default=-1)
+            seen.discard(n)
+            return d
+
+        return depth(name)

@@ -1,0 +1,30 @@
+"""Domain errors. A ``WinstarError`` is a user's (or a peer's) mistake: it carries a one-line
+message, is shown without a traceback, and is raised before anything is committed."""
+
+
+class WinstarError(Exception):
+    """A mistake in the input; the message is one line, fit to show to the user."""
+
+
+class NotFound(WinstarError):
+    pass
+
+
+class Conflict(WinstarError):
+    pass
+
+
+class PermissionDenied(WinstarError):
+    pass
+
+
+class WrongRole(WinstarError):
+    """A command meant for the other kind of node (cloud vs edge)."""
+
+
+class InvalidData(WinstarError):
+    pass
+
+
+class PluginError(WinstarError):
+    pass

@@ -1,0 +1,170 @@
+"""A node: one database (cloud or edge, decided once by ``init``) plus the loaded plugins."""
+
+from __future__ import annotations
+
+import os
+import secrets as _secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from winstar_core.errors import WinstarError, WrongRole
+from winstar_core.plugin.manager import Platform, make_plugin_manager
+from winstar_core.services.cloud import EDITIONS, CloudService
+from winstar_core.services.common import get_config, set_config
+from winstar_core.services.edge import EdgeService
+from winstar_core.store import migrate
+from winstar_core.store.db import Database, sqlite_path
+from winstar_core.store.outbox import UPLINK_STREAM, ensure_stream
+
+CLOUD = "cloud"
+EDGE = "edge"
+
+
+class Node:
+    def __init__(self, url: str, platform: Platform | None = None) -> None:
+        self.db = Database(url)
+        self._platform = platform
+
+    @property
+    def platform(self) -> Platform:
+        if self._platform is None:
+            self._platform = make_plugin_manager()
+        return self._platform
+
+    @property
+    def url(self) -> str:
+        return self.db.url
+
+    def close(self) -> None:
+        self.db.dispose()
+
+    # -- role --------------------------------------------------------------------------------------
+
+    def role(self) -> str | None:
+        try:
+            with self.db.engine.connect() as conn:
+                if not sa.inspect(conn).has_table("node_config"):
+                    return None
+                row = conn.execute(sa.text("SELECT value FROM node_config WHERE key = 'role'")).first()
+        except sa.exc.OperationalError as exc:
+            raise WinstarError(f"cannot open database {self.db.engine.url!r}: {_first_line(exc)}") from None
+        if row is None:
+            return None
+        value = row[0]
+        if isinstance(value, str) and value.startswith('"'):
+            import json
+
+            value = json.loads(value)
+        return str(value)
+
+    def require(self, role: str, what: str = "this command") -> None:
+        actual = self.role()
+        if actual is None:
+            raise WrongRole(
+                f"database {self.db.engine.url!r} is not initialized: run `winstar init cloud` or `winstar init edge`"
+            )
+        if actual != role:
+            raise WrongRole(f"{what} is for {_a(role)} node, and this database is {_a(actual)} node")
+
+    def _prepare(self) -> None:
+        path = sqlite_path(self.db.url)
+        if path is not None and path.parent and not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        migrate.upgrade(self.db.engine)
+
+    def init_cloud(self, edition: str = "ce") -> bool:
+        """Create (or upgrade) a cloud database. Returns False if it already was one."""
+        edition = edition.lower()
+        if edition not in EDITIONS:
+            raise WinstarError(f"edition must be one of {', '.join(EDITIONS)}")
+        current = self.role()
+        if current == EDGE:
+            raise WrongRole("this database is already an edge node; use another database for the cloud")
+        self._prepare()
+        with self.db.begin() as s:
+            if current == CLOUD:
+                had = get_config(s, "edition", "ce")
+                if had != edition:
+                    raise WinstarError(f"this cloud is already initialized as {had.upper()}; the edition cannot change")
+                return False
+            set_config(s, "role", CLOUD)
+            set_config(s, "edition", edition)
+        return True
+
+    def init_edge(self, cloud: str, routing_key: str, secret: str, secret_file: str | None = None) -> bool:
+        if ":" not in cloud:
+            raise WinstarError(f"--cloud must be HOST:PORT, not {cloud!r}")
+        if not routing_key or not secret:
+            raise WinstarError("--routing-key and --secret are both required")
+        current = self.role()
+        if current == CLOUD:
+            raise WrongRole("this database is already a cloud node; use another database for the edge")
+        self._prepare()
+        path = Path(secret_file) if secret_file else default_secret_file(self.db.url, routing_key)
+        write_secret(path, secret)
+        with self.db.begin() as s:
+            set_config(s, "role", EDGE)
+            set_config(s, "cloud", cloud)
+            set_config(s, "routing_key", routing_key)
+            set_config(s, "secret_file", str(path.resolve()))
+            ensure_stream(s, UPLINK_STREAM)
+        return current is None
+
+    # -- services ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def cloud(self, what: str = "this command") -> Iterator[CloudService]:
+        self.require(CLOUD, what)
+        with self.db.begin() as session:
+            service = CloudService(session, self.platform)
+            yield service
+            service.outbox.flush(session)
+
+    @contextmanager
+    def edge(self, what: str = "this command") -> Iterator[EdgeService]:
+        self.require(EDGE, what)
+        with self.db.begin() as session:
+            service = EdgeService(session, self.platform)
+            yield service
+            service.outbox.flush(session)
+
+
+def default_secret_file(url: str, routing_key: str) -> Path:
+    """Where an edge keeps its secret: beside its SQLite file, or in the user's config folder.
+    The secret is never written to a table."""
+    path = sqlite_path(url)
+    if path is not None:
+        return path.with_name(path.name + ".secret")
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "winstar"
+    return base / f"edge-{routing_key}.secret"
+
+
+def write_secret(path: Path, secret: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{_secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret)
+    os.replace(tmp, path)
+
+
+def read_secret(path: str | Path) -> str:
+    override = os.environ.get("WINSTAR_EDGE_SECRET")
+    if override:
+        return override
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise WinstarError(f"cannot read the edge secret from {path}: {exc.strerror}") from None
+
+
+def _a(role: str) -> str:
+    return f"an {role}" if role == EDGE else f"a {role}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

@@ -1,0 +1,490 @@
+"""The cloud's side of the lifecycle: tenants, users, edges, entities, assignment, downlinks.
+
+Every method runs inside the caller's transaction and writes the ``edge_event`` rows that its
+change implies into the same transaction (through :class:`Outbox`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from winstar_core.errors import Conflict, NotFound, PermissionDenied, WinstarError
+from winstar_core.plugin.manager import Platform
+from winstar_core.services.common import (
+    ADDED,
+    AUTHORITIES,
+    DELETED,
+    MEMBER_ADDED,
+    MEMBER_REMOVED,
+    UNASSIGNED,
+    UPDATED,
+    USER_EVENT_TYPE,
+    EntityStore,
+    entity_state,
+    get_config,
+    parse_uuid,
+)
+from winstar_core.store.models import (
+    Assignment,
+    Customer,
+    Edge,
+    EdgeEvent,
+    Entity,
+    EntityMember,
+    Role,
+    Tenant,
+    User,
+    UserRole,
+    now_ms,
+)
+from winstar_core.store.outbox import Outbox, OutboxEvent, downlink_stream, ensure_stream
+from winstar_core.transport.pb import sync_pb2 as pb
+
+SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+EDITIONS = ("ce", "pe")
+
+
+def hash_secret(secret: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(secret.encode(), salt=salt, dklen=64, **SCRYPT)
+
+
+def check_secret(edge: Edge, secret: str) -> bool:
+    return hmac.compare_digest(hash_secret(secret, edge.secret_salt), edge.secret_hash)
+
+
+def parse_permission(raw: str) -> str:
+    parts = raw.strip().upper().split(":")
+    if len(parts) != 2 or not all(parts):
+        raise WinstarError(f"permission {raw!r} is not RESOURCE:OPERATION (for example DEVICE:WRITE)")
+    return f"{parts[0]}:{parts[1]}"
+
+
+class CloudService:
+    def __init__(self, session: Session, platform: Platform) -> None:
+        self.session = session
+        self.platform = platform
+        self.types = platform.types
+        self.entities = EntityStore(session, self.types)
+        self.outbox = Outbox()
+
+    @property
+    def edition(self) -> str:
+        return str(get_config(self.session, "edition", "ce"))
+
+    # ---------------------------------------------------------------------------------------------
+    # tenants, customers, roles, users
+    # ---------------------------------------------------------------------------------------------
+
+    def create_tenant(self, name: str) -> Tenant:
+        name = name.strip()
+        if not name:
+            raise WinstarError("a tenant needs a non-empty name")
+        if self.session.scalars(sa.select(Tenant).where(Tenant.name == name)).first():
+            raise Conflict(f"a tenant named {name!r} already exists")
+        tenant = Tenant(name=name, created_time=now_ms())
+        self.session.add(tenant)
+        self.session.flush()
+        return tenant
+
+    def find_tenant(self, ref: str | uuid.UUID) -> Tenant:
+        return self.entities.find_tenant(ref)
+
+    def default_tenant(self, ref: str | None) -> Tenant:
+        """The tenant named by ``--tenant``, or the only tenant there is."""
+        if ref:
+            return self.find_tenant(ref)
+        tenants = list(self.session.scalars(sa.select(Tenant).limit(2)))
+        if len(tenants) == 1:
+            return tenants[0]
+        if not tenants:
+            raise NotFound("no tenant yet: create one with `winstar tenant create NAME`")
+        raise WinstarError("several tenants exist: say which with --tenant")
+
+    def list_tenants(self) -> list[Tenant]:
+        return list(self.session.scalars(sa.select(Tenant).order_by(Tenant.name)))
+
+    def create_customer(self, name: str, tenant: Tenant) -> Customer:
+        name = name.strip()
+        if not name:
+            raise WinstarError("a customer needs a non-empty name")
+        if self.session.scalars(
+            sa.select(Customer).where(Customer.tenant_id == tenant.id, Customer.name == name)
+        ).first():
+            raise Conflict(f"a customer named {name!r} already exists in tenant {tenant.name!r}")
+        customer = Customer(tenant_id=tenant.id, name=name, created_time=now_ms())
+        self.session.add(customer)
+        self.session.flush()
+        return customer
+
+    def find_customer(self, ref: str, tenant: Tenant) -> Customer:
+        uid = parse_uuid(ref)
+        stmt = sa.select(Customer).where(
+            Customer.tenant_id == tenant.id, Customer.id == uid if uid else Customer.name == ref
+        )
+        customer = self.session.scalars(stmt).first()
+        if customer is None:
+            raise NotFound(f"no customer {ref!r} in tenant {tenant.name!r}")
+        return customer
+
+    def create_role(self, name: str, tenant: Tenant, permissions: Iterable[str]) -> Role:
+        if self.edition != "pe":
+            raise WinstarError("roles exist only on a PE cloud (this cloud is CE)")
+        perms = sorted({parse_permission(p) for p in permissions})
+        if not perms:
+            raise WinstarError("a role needs at least one --permission RESOURCE:OPERATION")
+        if self.session.scalars(sa.select(Role).where(Role.tenant_id == tenant.id, Role.name == name)).first():
+            raise Conflict(f"a role named {name!r} already exists in tenant {tenant.name!r}")
+        role = Role(tenant_id=tenant.id, name=name.strip(), permissions=perms, created_time=now_ms())
+        self.session.add(role)
+        self.session.flush()
+        return role
+
+    def find_role(self, ref: str, tenant: Tenant) -> Role:
+        uid = parse_uuid(ref)
+        stmt = sa.select(Role).where(Role.tenant_id == tenant.id, Role.id == uid if uid else Role.name == ref)
+        role = self.session.scalars(stmt).first()
+        if role is None:
+            raise NotFound(f"no role {ref!r} in tenant {tenant.name!r}")
+        return role
+
+    def create_user(
+        self,
+        email: str,
+        tenant: Tenant,
+        authority: str,
+        customer: Customer | None = None,
+        roles: Iterable[Role] = (),
+    ) -> User:
+        authority = authority.upper()
+        if authority not in AUTHORITIES:
+            raise WinstarError(f"authority must be one of {', '.join(AUTHORITIES)}")
+        if authority == "CUSTOMER_USER" and customer is None:
+            raise WinstarError("a CUSTOMER_USER needs --customer")
+        roles = list(roles)
+        if roles and self.edition != "pe":
+            raise WinstarError("roles exist only on a PE cloud (this cloud is CE)")
+        if "@" not in email:
+            raise WinstarError(f"{email!r} is not an email address")
+        if self.session.scalars(sa.select(User).where(User.email == email)).first():
+            raise Conflict(f"a user with email {email!r} already exists")
+        now = now_ms()
+        user = User(
+            tenant_id=tenant.id,
+            email=email,
+            authority=authority,
+            customer_id=customer.id if customer else None,
+            permissions=[],
+            created_time=now,
+            updated_time=now,
+        )
+        self.session.add(user)
+        self.session.flush()
+        for role in roles:
+            self.session.add(UserRole(user_id=user.id, role_id=role.id))
+        self.session.flush()
+        self._user_changed(user)
+        return user
+
+    def user_roles(self, user: User) -> list[Role]:
+        stmt = sa.select(Role).join(UserRole, UserRole.role_id == Role.id).where(UserRole.user_id == user.id)
+        return list(self.session.scalars(stmt.order_by(Role.name)))
+
+    def user_permissions(self, user: User) -> list[str]:
+        return sorted({p for role in self.user_roles(user) for p in role.permissions})
+
+    def user_info(self, user: User) -> pb.UserInfo:
+        return pb.UserInfo(
+            id=str(user.id),
+            email=user.email,
+            authority=user.authority,
+            customer_id=str(user.customer_id) if user.customer_id else "",
+            permissions=self.user_permissions(user),
+            tenant_id=str(user.tenant_id),
+        )
+
+    def tenant_users(self, tenant_id: uuid.UUID) -> list[User]:
+        return list(self.session.scalars(sa.select(User).where(User.tenant_id == tenant_id).order_by(User.email)))
+
+    def _user_changed(self, user: User) -> None:
+        body = self.user_info(user).SerializeToString()
+        for edge_id in self.session.scalars(sa.select(Edge.id).where(Edge.tenant_id == user.tenant_id)):
+            self.outbox.downlink(edge_id, OutboxEvent(user.tenant_id, USER_EVENT_TYPE, UPDATED, user.id, body))
+
+    # ---------------------------------------------------------------------------------------------
+    # edges
+    # ---------------------------------------------------------------------------------------------
+
+    def create_edge(self, name: str, tenant: Tenant, customer: Customer | None = None) -> tuple[Edge, str]:
+        name = name.strip()
+        if not name:
+            raise WinstarError("an edge needs a non-empty name")
+        if self.session.scalars(sa.select(Edge).where(Edge.tenant_id == tenant.id, Edge.name == name)).first():
+            raise Conflict(f"an edge named {name!r} already exists in tenant {tenant.name!r}")
+        secret = secrets.token_urlsafe(24)
+        salt = secrets.token_bytes(16)
+        edge = Edge(
+            tenant_id=tenant.id,
+            customer_id=customer.id if customer else None,
+            name=name,
+            routing_key=str(uuid.uuid4()),
+            secret_salt=salt,
+            secret_hash=hash_secret(secret, salt),
+            connected=False,
+            sync_requested=False,
+            created_time=now_ms(),
+        )
+        self.session.add(edge)
+        self.session.flush()
+        ensure_stream(self.session, downlink_stream(edge.id))
+        return edge, secret
+
+    def find_edge(self, ref: str | uuid.UUID, tenant: Tenant | None = None) -> Edge:
+        uid = parse_uuid(ref)
+        stmt = sa.select(Edge).where(Edge.id == uid if uid else Edge.name == str(ref))
+        if tenant is not None:
+            stmt = stmt.where(Edge.tenant_id == tenant.id)
+        found = list(self.session.scalars(stmt.limit(2)))
+        if not found:
+            raise NotFound(f"no edge {ref!r}")
+        if len(found) > 1:
+            raise Conflict(f"edge name {ref!r} exists in several tenants: use --tenant or its id")
+        return found[0]
+
+    def edge_by_routing_key(self, routing_key: str) -> Edge | None:
+        return self.session.scalars(sa.select(Edge).where(Edge.routing_key == routing_key)).first()
+
+    def list_edges(self) -> list[Edge]:
+        return list(self.session.scalars(sa.select(Edge).order_by(Edge.name)))
+
+    def pending_counts(self) -> dict[uuid.UUID, int]:
+        stmt = (
+            sa.select(EdgeEvent.edge_id, sa.func.count())
+            .where(EdgeEvent.status == "PENDING")
+            .group_by(EdgeEvent.edge_id)
+        )
+        return {edge_id: int(n) for edge_id, n in self.session.execute(stmt)}
+
+    def downlinks(self, edge: Edge, status: str | None = None, limit: int | None = None) -> list[EdgeEvent]:
+        stmt = sa.select(EdgeEvent).where(EdgeEvent.edge_id == edge.id)
+        if status:
+            stmt = stmt.where(EdgeEvent.status == status.upper())
+        stmt = stmt.order_by(EdgeEvent.seq.desc())
+        if limit:
+            stmt = stmt.limit(limit)
+        return list(self.session.scalars(stmt))
+
+    def request_sync(self, edge: Edge) -> None:
+        edge.sync_requested = True
+        self.session.flush()
+
+    # ---------------------------------------------------------------------------------------------
+    # entities
+    # ---------------------------------------------------------------------------------------------
+
+    def create_entity(
+        self,
+        type_name: str,
+        name: str,
+        tenant: Tenant,
+        data: dict[str, Any] | None = None,
+        *,
+        customer: Customer | None = None,
+        entity_id: uuid.UUID | None = None,
+        origin_edge: Edge | None = None,
+    ) -> Entity:
+        # A new entity is assigned to no edge yet, so it writes no event.
+        return self.entities.insert(
+            type_name=type_name,
+            name=name,
+            tenant_id=tenant.id,
+            data=data,
+            customer_id=customer.id if customer else None,
+            entity_id=entity_id,
+            origin_edge_id=origin_edge.id if origin_edge else None,
+        )
+
+    def update_entity(self, entity: Entity, *, name: str | None = None, data: dict[str, Any] | None = None) -> Entity:
+        if self.entities.change(entity, name=name, data=data):
+            body = entity_state(entity, self.types).SerializeToString()
+            for edge_id in sorted(self.effective_edges(entity.id), key=str):
+                self.outbox.downlink(edge_id, OutboxEvent(entity.tenant_id, entity.type, UPDATED, entity.id, body))
+        return entity
+
+    def delete_entity(self, entity: Entity) -> None:
+        etype = self.types.get(entity.type)
+        edges = self.effective_edges(entity.id)
+        member_ids = [m.id for m in self.entities.members(entity)] if etype.container else []
+        direct_edges = self._direct_edges(entity.id) if etype.container else set()
+        before = {e: self._effective_subset(e, member_ids) for e in direct_edges}
+        self.session.execute(sa.delete(Assignment).where(Assignment.entity_id == entity.id))
+        self.session.execute(
+            sa.delete(EntityMember).where(
+                sa.or_(EntityMember.container_id == entity.id, EntityMember.member_id == entity.id)
+            )
+        )
+        for edge_id in sorted(edges, key=str):
+            self.outbox.downlink(edge_id, OutboxEvent(entity.tenant_id, entity.type, DELETED, entity.id, b""))
+        self._emit_removed(before)
+        self.session.delete(entity)
+        self.session.flush()
+
+    # ---------------------------------------------------------------------------------------------
+    # assignment (the effective set of an edge: its direct assignments plus members of assigned
+    # containers)
+    # ---------------------------------------------------------------------------------------------
+
+    def _direct_edges(self, entity_id: uuid.UUID) -> set[uuid.UUID]:
+        return set(self.session.scalars(sa.select(Assignment.edge_id).where(Assignment.entity_id == entity_id)))
+
+    def effective_edges(self, entity_id: uuid.UUID) -> set[uuid.UUID]:
+        via_container = (
+            sa.select(Assignment.edge_id)
+            .join(EntityMember, EntityMember.container_id == Assignment.entity_id)
+            .where(EntityMember.member_id == entity_id)
+        )
+        direct = sa.select(Assignment.edge_id).where(Assignment.entity_id == entity_id)
+        return set(self.session.scalars(sa.union(direct, via_container)))
+
+    def _effective_ids_stmt(self, edge_id: uuid.UUID) -> sa.CompoundSelect:
+        direct = sa.select(Assignment.entity_id.label("entity_id")).where(Assignment.edge_id == edge_id)
+        via = (
+            sa.select(EntityMember.member_id.label("entity_id"))
+            .join(Assignment, Assignment.entity_id == EntityMember.container_id)
+            .where(Assignment.edge_id == edge_id)
+        )
+        return sa.union(direct, via)
+
+    def effective_entity_ids(self, edge_id: uuid.UUID) -> set[uuid.UUID]:
+        return set(self.session.scalars(self._effective_ids_stmt(edge_id)))
+
+    def effective_entities(self, edge: Edge) -> list[Entity]:
+        ids = self._effective_ids_stmt(edge.id).subquery()
+        stmt = sa.select(Entity).where(Entity.id.in_(sa.select(ids.c.entity_id))).order_by(Entity.type, Entity.name)
+        return list(self.session.scalars(stmt))
+
+    def _effective_subset(self, edge_id: uuid.UUID, candidates: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+        candidates = list(candidates)
+        if not candidates:
+            return set()
+        out: set[uuid.UUID] = set()
+        for i in range(0, len(candidates), 500):
+            chunk = candidates[i : i + 500]
+            direct = sa.select(Assignment.entity_id).where(
+                Assignment.edge_id == edge_id, Assignment.entity_id.in_(chunk)
+            )
+            via = (
+                sa.select(EntityMember.member_id)
+                .join(Assignment, Assignment.entity_id == EntityMember.container_id)
+                .where(Assignment.edge_id == edge_id, EntityMember.member_id.in_(chunk))
+            )
+            out.update(self.session.scalars(sa.union(direct, via)))
+        return out
+
+    def _emit_added(self, edge_id: uuid.UUID, ids: Iterable[uuid.UUID]) -> None:
+        entities = sorted(
+            self.entities.by_ids(ids).values(), key=lambda e: (self.types.rank(e.type), e.type, e.name)
+        )
+        for e in entities:
+            body = entity_state(e, self.types).SerializeToString()
+            self.outbox.downlink(edge_id, OutboxEvent(e.tenant_id, e.type, ADDED, e.id, body))
+
+    def _emit_removed(self, before: dict[uuid.UUID, set[uuid.UUID]]) -> None:
+        """For each edge, UNASSIGNED for every id of ``before`` that is no longer effective."""
+        for edge_id in sorted(before, key=str):
+            gone = before[edge_id] - self._effective_subset(edge_id, before[edge_id])
+            entities = sorted(
+                self.entities.by_ids(gone).values(), key=lambda e: (-self.types.rank(e.type), e.type, e.name)
+            )
+            for e in entities:
+                self.outbox.downlink(edge_id, OutboxEvent(e.tenant_id, e.type, UNASSIGNED, e.id, b""))
+
+    def _membership_body(self, container: Entity, member: Entity) -> bytes:
+        return pb.Membership(container_id=str(container.id), member_id=str(member.id)).SerializeToString()
+
+    def assign(self, edge: Edge, entity: Entity) -> bool:
+        """Assign ``entity`` (and, for a container, its members) to ``edge``. Idempotent: returns
+        False if it was already assigned directly."""
+        if entity.tenant_id != edge.tenant_id:
+            raise PermissionDenied(f"{entity.type} {entity.name!r} belongs to another tenant than edge {edge.name!r}")
+        if self.session.get(Assignment, (edge.id, entity.id)) is not None:
+            return False
+        etype = self.types.get(entity.type)
+        members = self.entities.members(entity) if etype.container else []
+        candidates = [entity.id, *(m.id for m in members)]
+        before = self._effective_subset(edge.id, candidates)
+        self.session.add(Assignment(edge_id=edge.id, entity_id=entity.id, created_time=now_ms()))
+        self.session.flush()
+        self._emit_added(edge.id, [i for i in candidates if i not in before])
+        for m in members:
+            self.outbox.downlink(
+                edge.id,
+                OutboxEvent(entity.tenant_id, entity.type, MEMBER_ADDED, entity.id, self._membership_body(entity, m)),
+            )
+        return True
+
+    def unassign(self, edge: Edge, entity: Entity) -> None:
+        row = self.session.get(Assignment, (edge.id, entity.id))
+        if row is None:
+            raise NotFound(f"{entity.type} {entity.name!r} is not assigned to edge {edge.name!r}")
+        etype = self.types.get(entity.type)
+        candidates = [entity.id, *(m.id for m in self.entities.members(entity))] if etype.container else [entity.id]
+        before = self._effective_subset(edge.id, candidates)
+        self.session.delete(row)
+        self.session.flush()
+        self._emit_removed({edge.id: before})
+
+    def _check_container(self, container: Entity, member: Entity) -> None:
+        ctype = self.types.get(container.type)
+        if not ctype.container:
+            raise WinstarError(f"{container.type} {container.name!r} cannot hold members")
+        if self.types.get(member.type).container:
+            raise WinstarError(f"a {member.type} cannot be a member of another container")
+        if not ctype.accepts_member(container.data, member.type):
+            raise WinstarError(f"{container.type} {container.name!r} does not hold entities of type {member.type}")
+        if container.tenant_id != member.tenant_id:
+            raise PermissionDenied(f"{member.type} {member.name!r} belongs to another tenant")
+
+    def add_member(self, container: Entity, member: Entity) -> bool:
+        self._check_container(container, member)
+        if self.session.get(EntityMember, (container.id, member.id)) is not None:
+            return False
+        edges = sorted(self._direct_edges(container.id), key=str)
+        before = {e: self._effective_subset(e, [member.id]) for e in edges}
+        self.session.add(EntityMember(container_id=container.id, member_id=member.id, created_time=now_ms()))
+        self.session.flush()
+        body = self._membership_body(container, member)
+        for edge_id in edges:
+            if not before[edge_id]:
+                self._emit_added(edge_id, [member.id])
+            self.outbox.downlink(
+                edge_id, OutboxEvent(container.tenant_id, container.type, MEMBER_ADDED, container.id, body)
+            )
+        return True
+
+    def remove_member(self, container: Entity, member: Entity) -> None:
+        row = self.session.get(EntityMember, (container.id, member.id))
+        if row is None:
+            raise NotFound(f"{member.type} {member.name!r} is not a member of {container.type} {container.name!r}")
+        edges = sorted(self._direct_edges(container.id), key=str)
+        before = {e: self._effective_subset(e, [member.id]) for e in edges}
+        self.session.delete(row)
+        self.session.flush()
+        body = self._membership_body(container, member)
+        for edge_id in edges:
+            self.outbox.downlink(
+                edge_id, OutboxEvent(container.tenant_id, container.type, MEMBER_REMOVED, container.id, body)
+            )
+        self._emit_removed(before)
+
+    def members(self, container: Entity) -> list[Entity]:
+        if not self.types.get(container.type).container:
+            raise WinstarError(f"{container.type} {container.name!r} cannot hold members")
+        return self.entities.members(container)

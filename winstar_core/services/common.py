@@ -1,0 +1,242 @@
+"""Pieces shared by the cloud and the edge services."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from winstar_core.entity_types import EntityTypeRegister
+from winstar_core.errors import Conflict, NotFound, WinstarError
+from winstar_core.store.models import Entity, EntityMember, NodeConfig, Tenant, now_ms
+from winstar_core.transport.pb import sync_pb2 as pb
+
+# Event actions
+ADDED = "ADDED"
+UPDATED = "UPDATED"
+DELETED = "DELETED"
+UNASSIGNED = "UNASSIGNED"
+MEMBER_ADDED = "MEMBER_ADDED"
+MEMBER_REMOVED = "MEMBER_REMOVED"
+
+#: event types the core itself uses; plugin wire names may not start with "_"
+USER_EVENT_TYPE = "_user"
+EDGE_EVENT_TYPE = "_edge"
+
+AUTHORITIES = ("TENANT_ADMIN", "CUSTOMER_USER")
+
+
+def parse_uuid(ref: str | uuid.UUID) -> uuid.UUID | None:
+    if isinstance(ref, uuid.UUID):
+        return ref
+    try:
+        return uuid.UUID(str(ref))
+    except ValueError:
+        return None
+
+
+def iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def get_config(session: Session, key: str, default: Any = None) -> Any:
+    row = session.get(NodeConfig, key)
+    return default if row is None else row.value
+
+
+def set_config(session: Session, key: str, value: Any) -> None:
+    row = session.get(NodeConfig, key)
+    if row is None:
+        session.add(NodeConfig(key=key, value=value))
+    else:
+        row.value = value
+
+
+def entity_state(entity: Entity, types: EntityTypeRegister) -> pb.EntityState:
+    etype = types.get(entity.type)
+    return pb.EntityState(
+        id=str(entity.id),
+        type=entity.type,
+        name=entity.name,
+        tenant_id=str(entity.tenant_id),
+        customer_id=str(entity.customer_id) if entity.customer_id else "",
+        version=entity.version,
+        schema_version=etype.schema_version,
+        payload=etype.serialize(entity.data),
+        origin_edge_id=str(entity.origin_edge_id) if entity.origin_edge_id else "",
+    )
+
+
+def entity_json(entity: Entity) -> dict[str, Any]:
+    return {
+        "id": str(entity.id),
+        "type": entity.type,
+        "name": entity.name,
+        "tenant_id": str(entity.tenant_id),
+        "customer_id": str(entity.customer_id) if entity.customer_id else None,
+        "version": entity.version,
+        "data": entity.data,
+        "created_time": iso(entity.created_time),
+        "updated_time": iso(entity.updated_time),
+    }
+
+
+def event_json(ev: Any) -> dict[str, Any]:
+    return {
+        "seq": ev.seq,
+        "created_time": iso(ev.created_time),
+        "type": ev.type,
+        "action": ev.action,
+        "entity_id": str(ev.entity_id) if ev.entity_id else None,
+        "status": ev.status.lower(),
+        "delivered_time": iso(ev.delivered_time),
+        "error": ev.error,
+    }
+
+
+def parse_json_data(raw: str | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    import json
+
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise WinstarError(f"--data is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(value, dict):
+        raise WinstarError("--data must be a JSON object")
+    return value
+
+
+class EntityStore:
+    """Entity look-ups and plain writes, shared by both roles (no outbox here)."""
+
+    def __init__(self, session: Session, types: EntityTypeRegister) -> None:
+        self.session = session
+        self.types = types
+
+    def find_tenant(self, ref: str | uuid.UUID) -> Tenant:
+        uid = parse_uuid(ref)
+        stmt = sa.select(Tenant).where(Tenant.id == uid if uid else Tenant.name == str(ref))
+        tenant = self.session.scalars(stmt).first()
+        if tenant is None:
+            raise NotFound(f"no tenant {ref!r}")
+        return tenant
+
+    def find_entity(self, type_name: str, ref: str | uuid.UUID, tenant_id: uuid.UUID | None = None) -> Entity:
+        self.types.get(type_name)  # unknown type -> clear error
+        uid = parse_uuid(ref)
+        if uid is not None:
+            entity = self.session.get(Entity, uid)
+            if entity is not None and entity.type == type_name and tenant_id in (None, entity.tenant_id):
+                return entity
+        stmt = sa.select(Entity).where(Entity.type == type_name, Entity.name == str(ref))
+        if tenant_id is not None:
+            stmt = stmt.where(Entity.tenant_id == tenant_id)
+        found = list(self.session.scalars(stmt.limit(2)))
+        if not found:
+            raise NotFound(f"no {type_name} {ref!r}")
+        if len(found) > 1:
+            raise Conflict(f"{type_name} name {ref!r} exists in several tenants: use --tenant or its id")
+        return found[0]
+
+    def list_entities(self, type_name: str, tenant_id: uuid.UUID | None = None) -> list[Entity]:
+        self.types.get(type_name)
+        stmt = sa.select(Entity).where(Entity.type == type_name)
+        if tenant_id is not None:
+            stmt = stmt.where(Entity.tenant_id == tenant_id)
+        return list(self.session.scalars(stmt.order_by(Entity.name)))
+
+    def check_name_free(self, tenant_id: uuid.UUID, type_name: str, name: str, *, but: uuid.UUID | None = None) -> None:
+        stmt = sa.select(Entity.id).where(
+            Entity.tenant_id == tenant_id, Entity.type == type_name, Entity.name == name
+        )
+        existing = self.session.scalars(stmt).first()
+        if existing is not None and existing != but:
+            raise Conflict(f"a {type_name} named {name!r} already exists in this tenant")
+
+    def insert(
+        self,
+        *,
+        type_name: str,
+        name: str,
+        tenant_id: uuid.UUID,
+        data: dict[str, Any] | None,
+        customer_id: uuid.UUID | None = None,
+        entity_id: uuid.UUID | None = None,
+        origin_edge_id: uuid.UUID | None = None,
+        validated: bool = False,
+    ) -> Entity:
+        etype = self.types.get(type_name)
+        name = name.strip()
+        if not name:
+            raise WinstarError("an entity needs a non-empty name")
+        clean = dict(data or {}) if validated else etype.validate(data)
+        self.check_name_free(tenant_id, type_name, name)
+        if entity_id is not None and self.session.get(Entity, entity_id) is not None:
+            raise Conflict(f"an entity with id {entity_id} already exists")
+        now = now_ms()
+        entity = Entity(
+            id=entity_id or uuid.uuid4(),
+            tenant_id=tenant_id,
+            customer_id=customer_id,
+            type=type_name,
+            name=name,
+            data=clean,
+            version=1,
+            origin_edge_id=origin_edge_id,
+            created_time=now,
+            updated_time=now,
+        )
+        self.session.add(entity)
+        self.session.flush()
+        return entity
+
+    def change(self, entity: Entity, *, name: str | None, data: dict[str, Any] | None) -> bool:
+        """Apply an update in place; returns whether anything changed (version bumped)."""
+        etype = self.types.get(entity.type)
+        changed = False
+        if name is not None and name.strip() != entity.name:
+            if not name.strip():
+                raise WinstarError("an entity needs a non-empty name")
+            self.check_name_free(entity.tenant_id, entity.type, name.strip(), but=entity.id)
+            entity.name = name.strip()
+            changed = True
+        if data is not None:
+            merged = etype.merge(entity.data, data)
+            if merged != entity.data:
+                entity.data = merged
+                changed = True
+        if changed:
+            entity.version += 1
+            entity.updated_time = now_ms()
+            self.session.flush()
+        return changed
+
+    def members(self, container: Entity) -> list[Entity]:
+        stmt = (
+            sa.select(Entity)
+            .join(EntityMember, EntityMember.member_id == Entity.id)
+            .where(EntityMember.container_id == container.id)
+            .order_by(Entity.name)
+        )
+        return list(self.session.scalars(stmt))
+
+    def by_ids(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Entity]:
+        ids = list(ids)
+        if not ids:
+            return {}
+        out: dict[uuid.UUID, Entity] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            out.update({e.id: e for e in self.session.scalars(sa.select(Entity).where(Entity.id.in_(chunk)))})
+        return out

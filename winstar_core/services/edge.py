@@ -1,0 +1,190 @@
+"""The edge's side: local entities, creation rules, the ``cloud_event`` outbox, the cloud's config."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from winstar_core.errors import NotFound, PermissionDenied, WinstarError
+from winstar_core.plugin.manager import Platform
+from winstar_core.services.common import (
+    ADDED,
+    DELETED,
+    UPDATED,
+    EntityStore,
+    entity_state,
+    get_config,
+    parse_uuid,
+    set_config,
+)
+from winstar_core.store.models import CloudEvent, Entity, Tenant, User, now_ms
+from winstar_core.store.outbox import Outbox, OutboxEvent
+from winstar_core.transport.pb import sync_pb2 as pb
+
+NOT_CONFIGURED = (
+    "this edge has not connected to its cloud yet, so it does not know its users and edition: "
+    "run `winstar run` once the cloud is reachable"
+)
+
+
+def may_write(user: User, resource: str, edition: str) -> bool:
+    """The brief's rule for creating an entity on an edge.
+
+    CE: any tenant administrator. PE: any user one of whose roles grants ``RESOURCE:WRITE``
+    (``ALL`` matches any resource or operation).
+    """
+    if edition == "ce":
+        return user.authority == "TENANT_ADMIN"
+    granted = {p.upper() for p in user.permissions or []}
+    wanted = {f"{resource}:WRITE", f"{resource}:ALL", "ALL:WRITE", "ALL:ALL"}
+    return bool(granted & wanted)
+
+
+class EdgeService:
+    def __init__(self, session: Session, platform: Platform) -> None:
+        self.session = session
+        self.platform = platform
+        self.types = platform.types
+        self.entities = EntityStore(session, self.types)
+        self.outbox = Outbox()
+
+    # -- configuration received from the cloud ---------------------------------------------------
+
+    @property
+    def edge_id(self) -> uuid.UUID | None:
+        raw = get_config(self.session, "edge_id")
+        return uuid.UUID(raw) if raw else None
+
+    @property
+    def tenant_id(self) -> uuid.UUID | None:
+        raw = get_config(self.session, "tenant_id")
+        return uuid.UUID(raw) if raw else None
+
+    @property
+    def edition(self) -> str | None:
+        return get_config(self.session, "edition")
+
+    def apply_config(self, config: pb.EdgeConfig, users: Iterable[pb.UserInfo] | None = None) -> None:
+        """Store what the cloud says this edge is (sent in the Welcome), and its users."""
+        tenant_id = uuid.UUID(config.tenant_id)
+        if self.session.get(Tenant, tenant_id) is None:
+            self.session.add(Tenant(id=tenant_id, name=config.tenant_name or str(tenant_id), created_time=now_ms()))
+        for key, value in (
+            ("edge_id", config.edge_id),
+            ("edge_name", config.name),
+            ("tenant_id", config.tenant_id),
+            ("customer_id", config.customer_id or None),
+            ("edition", config.edition),
+        ):
+            set_config(self.session, key, value)
+        self.session.flush()
+        if users is not None:
+            users = list(users)
+            keep = {uuid.UUID(u.id) for u in users}
+            self.session.execute(sa.delete(User).where(User.id.not_in(keep)) if keep else sa.delete(User))
+            for info in users:
+                self.apply_user(info)
+
+    def apply_user(self, info: pb.UserInfo) -> None:
+        uid = uuid.UUID(info.id)
+        user = self.session.get(User, uid)
+        clash = self.session.scalars(sa.select(User).where(User.email == info.email, User.id != uid)).first()
+        if clash is not None:  # the email moved to another account in the cloud
+            self.session.delete(clash)
+            self.session.flush()
+        if user is None:
+            user = User(id=uid, created_time=now_ms())
+            self.session.add(user)
+        user.tenant_id = uuid.UUID(info.tenant_id) if info.tenant_id else (self.tenant_id or uid)
+        user.email = info.email
+        user.authority = info.authority
+        user.customer_id = parse_uuid(info.customer_id) if info.customer_id else None
+        user.permissions = sorted(info.permissions)
+        user.updated_time = now_ms()
+        self.session.flush()
+
+    def remove_user(self, user_id: uuid.UUID) -> None:
+        self.session.execute(sa.delete(User).where(User.id == user_id))
+
+    # -- local entities --------------------------------------------------------------------------
+
+    def _require_configured(self) -> tuple[uuid.UUID, uuid.UUID, str]:
+        edge_id, tenant_id, edition = self.edge_id, self.tenant_id, self.edition
+        if edge_id is None or tenant_id is None or edition is None:
+            raise WinstarError(NOT_CONFIGURED)
+        return edge_id, tenant_id, edition
+
+    def create_entity(
+        self, type_name: str, name: str, data: dict[str, Any] | None, *, user_email: str | None
+    ) -> Entity:
+        etype = self.types.get(type_name)
+        if not etype.creatable_on_edge:
+            raise PermissionDenied(
+                f"entities of type {type_name} cannot be created on an edge: assign them to it in the cloud"
+            )
+        if not user_email:
+            raise WinstarError("creating an entity on an edge needs --user EMAIL (a user the edge knows)")
+        edge_id, tenant_id, edition = self._require_configured()
+        user = self.session.scalars(sa.select(User).where(User.email == user_email)).first()
+        if user is None:
+            raise NotFound(f"no user {user_email!r} is known to this edge")
+        if user.tenant_id != tenant_id:
+            raise PermissionDenied(f"user {user_email!r} belongs to another tenant than this edge")
+        if not may_write(user, etype.resource(), edition):
+            need = "a tenant administrator" if edition == "ce" else f"a role granting {etype.resource()}:WRITE"
+            raise PermissionDenied(
+                f"user {user_email!r} may not create a {type_name} on this edge ({edition.upper()} needs {need})"
+            )
+        entity = self.entities.insert(
+            type_name=type_name,
+            name=name,
+            tenant_id=tenant_id,
+            data=data,
+            customer_id=user.customer_id,
+            origin_edge_id=edge_id,
+        )
+        self._uplink(entity, ADDED)
+        return entity
+
+    def _owned(self, entity: Entity) -> None:
+        if entity.origin_edge_id is None or entity.origin_edge_id != self.edge_id:
+            raise PermissionDenied(
+                f"{entity.type} {entity.name!r} is managed by the cloud: change it there, not on the edge"
+            )
+
+    def update_entity(self, entity: Entity, *, name: str | None = None, data: dict[str, Any] | None = None) -> Entity:
+        self._owned(entity)
+        if self.entities.change(entity, name=name, data=data):
+            self._uplink(entity, UPDATED)
+        return entity
+
+    def delete_entity(self, entity: Entity) -> None:
+        self._owned(entity)
+        self.outbox.uplink(OutboxEvent(entity.tenant_id, entity.type, DELETED, entity.id, b""))
+        self.session.delete(entity)
+        self.session.flush()
+
+    def _uplink(self, entity: Entity, action: str) -> None:
+        body = entity_state(entity, self.types).SerializeToString()
+        self.outbox.uplink(OutboxEvent(entity.tenant_id, entity.type, action, entity.id, body))
+
+    # -- uplinks ---------------------------------------------------------------------------------
+
+    def uplinks(self, status: str | None = None, limit: int | None = None) -> list[CloudEvent]:
+        stmt = sa.select(CloudEvent)
+        if status:
+            stmt = stmt.where(CloudEvent.status == status.upper())
+        stmt = stmt.order_by(CloudEvent.seq.desc())
+        if limit:
+            stmt = stmt.limit(limit)
+        return list(self.session.scalars(stmt))
+
+    def pending_uplinks(self) -> int:
+        return int(
+            self.session.scalar(sa.select(sa.func.count()).select_from(CloudEvent).where(CloudEvent.status == "PENDING"))
+            or 0
+        )

@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy 2 models, the engine factory, Alembic migrations, the outboxes."""

@@ -1,0 +1,225 @@
+"""The tables. One generic ``entity`` table serves every plugin, so a third-party type needs no
+migration. Times are epoch milliseconds (portable, cheap to compare and index)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+PENDING = "PENDING"
+DELIVERED = "DELIVERED"
+FAILED = "FAILED"
+EVENT_STATUSES = (PENDING, DELIVERED, FAILED)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class NodeConfig(Base):
+    """Key/value facts about this node: its role (cloud or edge), edition, link settings."""
+
+    __tablename__ = "node_config"
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSONType)
+
+
+class Tenant(Base):
+    __tablename__ = "tenant"
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(sa.String(255), unique=True)
+    created_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
+
+
+class Customer(Base):
+    __tablename__ = "customer"
+    __table_args__ = (sa.UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("tenant.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(sa.String(255))
+    created_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
+
+
+class Role(Base):
+    __tablename__ = "role"
+    __table_args__ = (sa.UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("tenant.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(sa.String(255))
+    #: ["DEVICE:WRITE", "ASSET:ALL", ...]
+    permissions: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    created_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
+
+
+class User(Base):
+    __tablename__ = "app_user"
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(sa.String(255), unique=True)
+    authority: Mapped[str] = mapped_column(sa.String(32))
+    #: on an edge: the permissions the cloud granted this user (the cloud derives them from roles)
+    permissions: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    customer_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("customer.id", ondelete="SET NULL"), nullable=True
+    )
+    created_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
+    updated_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
+
+
+class UserRole(Base):
+    __tablename__ = "user_role"
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("app_user.id", ondelete="CASCADE"), primary_key=True
+    )
+    role_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("role.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Edge(Base):
+    __tablename__ = "edge"
+    __table_args__ = (sa.UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("tenant.id", ondelete="CASCADE"))
+    customer_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("customer.id", ondelete="SET NULL"), nullable=True
+    )
+    name: Mapped[str] = mapped_column(sa.String(255))
+    routing_key: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    #: scrypt(secret, salt); the secret itself is never stored
+    secret_salt: Mapped[bytes] = mapped_column(sa.LargeBinary(32))
+    secret_hash: Mapped[bytes] = mapped_column(sa.LargeBinary(64))
+    connected: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    last_seen: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    sync_requested: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    last_sync: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    created_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
+
+
+class Entity(Base):
+    __tablename__ = "entity"
+    __table_args__ = (sa.UniqueConstraint("tenant_id", "type", "name"),)
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("tenant.id", ondelete="CASCADE"))
+    customer_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
+    type: Mapped[str] = mapped_column(sa.String(64))
+    name: Mapped[str] = mapped_column(sa.String(255))
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    version: Mapped[int] = mapped_column(sa.BigInteger, default=1)
+    #: the edge that created this entity (cloud side), if any
+    origin_edge_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
+    created_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
+    updated_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
+
+
+class Assignment(Base):
+    """An entity assigned directly to an edge (members of an assigned container follow)."""
+
+    __tablename__ = "assignment"
+    edge_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("edge.id", ondelete="CASCADE"), primary_key=True)
+    entity_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("entity.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    created_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
+
+
+class EntityMember(Base):
+    """Membership of an entity in a container entity (for example a group)."""
+
+    __tablename__ = "entity_member"
+    container_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("entity.id", ondelete="CASCADE"), primary_key=True
+    )
+    member_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("entity.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    created_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
+
+
+class EdgeEvent(Base):
+    """Cloud side outbox: one row per edge per change, in that edge's stream order (``seq``)."""
+
+    __tablename__ = "edge_event"
+    __table_args__ = (
+        sa.UniqueConstraint("edge_id", "seq"),
+        sa.Index(
+            "ix_edge_event_pending",
+            "edge_id",
+            "seq",
+            postgresql_where=sa.text("status = 'PENDING'"),
+            sqlite_where=sa.text("status = 'PENDING'"),
+        ),
+    )
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    edge_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("edge.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(sa.BigInteger)
+    created_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    type: Mapped[str] = mapped_column(sa.String(64))
+    action: Mapped[str] = mapped_column(sa.String(32))
+    entity_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
+    body: Mapped[bytes] = mapped_column(sa.LargeBinary, default=b"")
+    status: Mapped[str] = mapped_column(sa.String(16), default=PENDING)
+    delivered_time: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+
+
+class CloudEvent(Base):
+    """Edge side outbox: one row per change pushed to the cloud, in stream order (``seq``)."""
+
+    __tablename__ = "cloud_event"
+    __table_args__ = (
+        sa.Index(
+            "ix_cloud_event_pending",
+            "seq",
+            postgresql_where=sa.text("status = 'PENDING'"),
+            sqlite_where=sa.text("status = 'PENDING'"),
+        ),
+    )
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    seq: Mapped[int] = mapped_column(sa.BigInteger, unique=True)
+    created_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    type: Mapped[str] = mapped_column(sa.String(64))
+    action: Mapped[str] = mapped_column(sa.String(32))
+    entity_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
+    body: Mapped[bytes] = mapped_column(sa.LargeBinary, default=b"")
+    status: Mapped[str] = mapped_column(sa.String(16), default=PENDING)
+    delivered_time: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+
+
+class StreamCounter(Base):
+    """Last sequence handed out per outbox stream. Writers take the row lock with
+    ``UPDATE ... RETURNING``, so for one stream commit order equals sequence order (no holes a
+    reader could skip: DESIGN.md invariant 3)."""
+
+    __tablename__ = "stream_counter"
+    stream: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+
+class StreamMark(Base):
+    """How far this node has applied a peer's stream; written in the transaction of the apply."""
+
+    __tablename__ = "stream_mark"
+    stream: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    applied_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0)

@@ -1,0 +1,147 @@
+"""The transactional outboxes (``edge_event`` in the cloud, ``cloud_event`` on an edge).
+
+A service collects the events of a change in an :class:`Outbox` and flushes it just before its
+transaction commits. Flushing numbers the events of each stream from that stream's counter row,
+locked with ``UPDATE ... RETURNING`` in a fixed (sorted) order: two transactions writing one
+stream serialize on that row, so the stream's commit order is its sequence order and a reader that
+has seen seq N can never later find a newly committed seq below N (DESIGN.md invariant 3).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from winstar_core.store.models import CloudEvent, EdgeEvent, StreamCounter, now_ms
+
+UPLINK_STREAM = "uplink"
+NOTIFY_CHANNEL_DOWNLINK = "winstar_downlink"
+NOTIFY_CHANNEL_UPLINK = "winstar_uplink"
+NOTIFY_MAX_PAYLOAD = 7000  # PostgreSQL caps a payload at 8000 bytes
+
+
+def downlink_stream(edge_id: uuid.UUID) -> str:
+    return f"downlink:{edge_id}"
+
+
+def uplink_mark_stream(edge_id: uuid.UUID) -> str:
+    """Cloud side: how far the cloud applied that edge's uplink stream."""
+    return f"uplink:{edge_id}"
+
+
+DOWNLINK_MARK_STREAM = "downlink"  # edge side: how far the edge applied the cloud's stream
+
+
+@dataclass
+class OutboxEvent:
+    tenant_id: uuid.UUID
+    type: str
+    action: str
+    entity_id: uuid.UUID | None
+    body: bytes
+
+
+def allocate(session: Session, stream: str, count: int) -> int:
+    """Reserve ``count`` sequence numbers of ``stream``; return the first. Holds the stream's row
+    lock until the transaction ends."""
+    stmt = (
+        sa.update(StreamCounter)
+        .where(StreamCounter.stream == stream)
+        .values(last_seq=StreamCounter.last_seq + count)
+        .returning(StreamCounter.last_seq)
+    )
+    last = session.execute(stmt).scalar_one_or_none()
+    if last is None:
+        ensure_stream(session, stream)
+        last = session.execute(stmt).scalar_one()
+    return int(last) - count + 1
+
+
+def ensure_stream(session: Session, stream: str) -> None:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        session.execute(pg_insert(StreamCounter).values(stream=stream, last_seq=0).on_conflict_do_nothing())
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        session.execute(
+            sqlite_insert(StreamCounter).values(stream=stream, last_seq=0).on_conflict_do_nothing()
+        )
+
+
+@dataclass
+class Outbox:
+    """The events of one transaction, waiting to be numbered and written."""
+
+    downlinks: dict[uuid.UUID, list[OutboxEvent]] = field(default_factory=dict)
+    uplinks: list[OutboxEvent] = field(default_factory=list)
+
+    def downlink(self, edge_id: uuid.UUID, event: OutboxEvent) -> None:
+        self.downlinks.setdefault(edge_id, []).append(event)
+
+    def uplink(self, event: OutboxEvent) -> None:
+        self.uplinks.append(event)
+
+    def __bool__(self) -> bool:
+        return bool(self.downlinks or self.uplinks)
+
+    def flush(self, session: Session) -> None:
+        """Number and insert the collected events; NOTIFY once (PostgreSQL) with the edge ids."""
+        if not self:
+            return
+        created = now_ms()
+        rows: list[dict[str, object]] = []
+        for edge_id in sorted(self.downlinks, key=str):  # fixed lock order across transactions
+            events = self.downlinks[edge_id]
+            first = allocate(session, downlink_stream(edge_id), len(events))
+            rows.extend(
+                dict(
+                    id=uuid.uuid4(),
+                    edge_id=edge_id,
+                    seq=first + i,
+                    created_time=created,
+                    tenant_id=ev.tenant_id,
+                    type=ev.type,
+                    action=ev.action,
+                    entity_id=ev.entity_id,
+                    body=ev.body,
+                    status="PENDING",
+                )
+                for i, ev in enumerate(events)
+            )
+        if rows:
+            session.execute(sa.insert(EdgeEvent), rows)
+        if self.uplinks:
+            first = allocate(session, UPLINK_STREAM, len(self.uplinks))
+            session.execute(
+                sa.insert(CloudEvent),
+                [
+                    dict(
+                        id=uuid.uuid4(),
+                        seq=first + i,
+                        created_time=created,
+                        tenant_id=ev.tenant_id,
+                        type=ev.type,
+                        action=ev.action,
+                        entity_id=ev.entity_id,
+                        body=ev.body,
+                        status="PENDING",
+                    )
+                    for i, ev in enumerate(self.uplinks)
+                ],
+            )
+        if session.get_bind().dialect.name == "postgresql":
+            if self.downlinks:
+                payload = ",".join(str(e) for e in sorted(self.downlinks, key=str))
+                if len(payload) > NOTIFY_MAX_PAYLOAD:
+                    payload = "*"
+                session.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL_DOWNLINK, payload)))
+            if self.uplinks:
+                session.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL_UPLINK, "")))
+        self.downlinks.clear()
+        self.uplinks.clear()

@@ -1,0 +1,187 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EntityTypeInfo(_message.Message):
+    __slots__ = ("type", "schema_version", "plugin")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PLUGIN_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    schema_version: int
+    plugin: str
+    def __init__(self, type: _Optional[str] = ..., schema_version: _Optional[int] = ..., plugin: _Optional[str] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("routing_key", "secret", "protocol_version", "entity_types", "max_message_bytes", "applied_downlink_seq")
+    ROUTING_KEY_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_TYPES_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_DOWNLINK_SEQ_FIELD_NUMBER: _ClassVar[int]
+    routing_key: str
+    secret: str
+    protocol_version: int
+    entity_types: _containers.RepeatedCompositeFieldContainer[EntityTypeInfo]
+    max_message_bytes: int
+    applied_downlink_seq: int
+    def __init__(self, routing_key: _Optional[str] = ..., secret: _Optional[str] = ..., protocol_version: _Optional[int] = ..., entity_types: _Optional[_Iterable[_Union[EntityTypeInfo, _Mapping]]] = ..., max_message_bytes: _Optional[int] = ..., applied_downlink_seq: _Optional[int] = ...) -> None: ...
+
+class EntityState(_message.Message):
+    __slots__ = ("id", "type", "name", "tenant_id", "customer_id", "version", "schema_version", "payload", "origin_edge_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_EDGE_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    type: str
+    name: str
+    tenant_id: str
+    customer_id: str
+    version: int
+    schema_version: int
+    payload: bytes
+    origin_edge_id: str
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., name: _Optional[str] = ..., tenant_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., version: _Optional[int] = ..., schema_version: _Optional[int] = ..., payload: _Optional[bytes] = ..., origin_edge_id: _Optional[str] = ...) -> None: ...
+
+class Membership(_message.Message):
+    __slots__ = ("container_id", "member_id")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    member_id: str
+    def __init__(self, container_id: _Optional[str] = ..., member_id: _Optional[str] = ...) -> None: ...
+
+class UserInfo(_message.Message):
+    __slots__ = ("id", "email", "authority", "customer_id", "permissions", "tenant_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    AUTHORITY_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    email: str
+    authority: str
+    customer_id: str
+    permissions: _containers.RepeatedScalarFieldContainer[str]
+    tenant_id: str
+    def __init__(self, id: _Optional[str] = ..., email: _Optional[str] = ..., authority: _Optional[str] = ..., customer_id: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ..., tenant_id: _Optional[str] = ...) -> None: ...
+
+class EdgeConfig(_message.Message):
+    __slots__ = ("edge_id", "name", "tenant_id", "tenant_name", "customer_id", "edition")
+    EDGE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_NAME_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    EDITION_FIELD_NUMBER: _ClassVar[int]
+    edge_id: str
+    name: str
+    tenant_id: str
+    tenant_name: str
+    customer_id: str
+    edition: str
+    def __init__(self, edge_id: _Optional[str] = ..., name: _Optional[str] = ..., tenant_id: _Optional[str] = ..., tenant_name: _Optional[str] = ..., customer_id: _Optional[str] = ..., edition: _Optional[str] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("seq", "type", "action", "entity_id", "body", "created_time")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_ID_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_TIME_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    type: str
+    action: str
+    entity_id: str
+    body: bytes
+    created_time: int
+    def __init__(self, seq: _Optional[int] = ..., type: _Optional[str] = ..., action: _Optional[str] = ..., entity_id: _Optional[str] = ..., body: _Optional[bytes] = ..., created_time: _Optional[int] = ...) -> None: ...
+
+class EventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class EventResult(_message.Message):
+    __slots__ = ("seq", "ok", "error")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    ok: bool
+    error: str
+    def __init__(self, seq: _Optional[int] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class BatchAck(_message.Message):
+    __slots__ = ("results", "applied_seq")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[EventResult]
+    applied_seq: int
+    def __init__(self, results: _Optional[_Iterable[_Union[EventResult, _Mapping]]] = ..., applied_seq: _Optional[int] = ...) -> None: ...
+
+class SyncRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EdgeMessage(_message.Message):
+    __slots__ = ("hello", "uplinks", "downlink_ack", "sync_request")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    UPLINKS_FIELD_NUMBER: _ClassVar[int]
+    DOWNLINK_ACK_FIELD_NUMBER: _ClassVar[int]
+    SYNC_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    uplinks: EventBatch
+    downlink_ack: BatchAck
+    sync_request: SyncRequest
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., uplinks: _Optional[_Union[EventBatch, _Mapping]] = ..., downlink_ack: _Optional[_Union[BatchAck, _Mapping]] = ..., sync_request: _Optional[_Union[SyncRequest, _Mapping]] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("edge", "users", "max_message_bytes", "applied_uplink_seq", "protocol_version", "entity_types")
+    EDGE_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_UPLINK_SEQ_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_TYPES_FIELD_NUMBER: _ClassVar[int]
+    edge: EdgeConfig
+    users: _containers.RepeatedCompositeFieldContainer[UserInfo]
+    max_message_bytes: int
+    applied_uplink_seq: int
+    protocol_version: int
+    entity_types: _containers.RepeatedCompositeFieldContainer[EntityTypeInfo]
+    def __init__(self, edge: _Optional[_Union[EdgeConfig, _Mapping]] = ..., users: _Optional[_Iterable[_Union[UserInfo, _Mapping]]] = ..., max_message_bytes: _Optional[int] = ..., applied_uplink_seq: _Optional[int] = ..., protocol_version: _Optional[int] = ..., entity_types: _Optional[_Iterable[_Union[EntityTypeInfo, _Mapping]]] = ...) -> None: ...
+
+class Error(_message.Message):
+    __slots__ = ("code", "reason")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    reason: str
+    def __init__(self, code: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CloudMessage(_message.Message):
+    __slots__ = ("welcome", "downlinks", "uplink_ack", "error")
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    DOWNLINKS_FIELD_NUMBER: _ClassVar[int]
+    UPLINK_ACK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    welcome: Welcome
+    downlinks: EventBatch
+    uplink_ack: BatchAck
+    error: Error
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., downlinks: _Optional[_Union[EventBatch, _Mapping]] = ..., uplink_ack: _Optional[_Union[BatchAck, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...

@@ -100,10 +100,19 @@ class EntityTypeRegister:
 
     def add(self, entity_type: type[EntityType]) -> None:
         if not (isinstance(entity_type, type) and issubclass(entity_type, EntityType)):
-            raise PluginError(f"plugin {self._current_plugin!r} registered {entity_type!r}, not an EntityType")
+            raise PluginError(
+                f"plugin {self._current_plugin!r} registered {entity_type!r}, not an EntityType"
+            )
         name = getattr(entity_type, "name", None)
         if not name or not isinstance(name, str):
-            raise PluginError(f"plugin {self._current_plugin!r}: entity type {entity_type!r} has no wire name")
+            raise PluginError(
+                f"plugin {self._current_plugin!r}: entity type {entity_type!r} has no wire name"
+            )
+        if name.startswith("_") or not name.replace("_", "").isalnum() or name != name.lower():
+            raise PluginError(
+                f"plugin {self._current_plugin!r}: wire name {name!r} must be lower-case letters, digits and "
+                "underscores, not starting with an underscore (reserved for the core)"
+            )
         if name in self._types:
             raise PluginError(
                 f"plugin {self._current_plugin!r} registers entity type {name!r}, "

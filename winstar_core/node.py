@@ -64,7 +64,8 @@ class Node:
         actual = self.role()
         if actual is None:
             raise WrongRole(
-                f"database {self.db.engine.url!r} is not initialized: run `winstar init cloud` or `winstar init edge`"
+                f"database {self.db.engine.url!r} is not initialized: "
+                "run `winstar init cloud` or `winstar init edge`"
             )
         if actual != role:
             raise WrongRole(f"{what} is for {_a(role)} node, and this database is {_a(actual)} node")
@@ -88,7 +89,9 @@ class Node:
             if current == CLOUD:
                 had = get_config(s, "edition", "ce")
                 if had != edition:
-                    raise WinstarError(f"this cloud is already initialized as {had.upper()}; the edition cannot change")
+                    raise WinstarError(
+                        f"this cloud is already initialized as {had.upper()}; the edition cannot change"
+                    )
                 return False
             set_config(s, "role", CLOUD)
             set_config(s, "edition", edition)

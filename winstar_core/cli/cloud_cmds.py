@@ -21,7 +21,12 @@ def customer_json(c: Customer) -> dict[str, str]:
 
 
 def role_json(r: Role) -> dict[str, object]:
-    return {"id": str(r.id), "name": r.name, "tenant_id": str(r.tenant_id), "permissions": list(r.permissions)}
+    return {
+        "id": str(r.id),
+        "name": r.name,
+        "tenant_id": str(r.tenant_id),
+        "permissions": list(r.permissions),
+    }
 
 
 def user_json(cloud: CloudService, u: User) -> dict[str, object]:
@@ -96,8 +101,13 @@ def role_group() -> None:
 @role_group.command("create")
 @click.argument("name")
 @click.option("--tenant", "tenant_ref", help="tenant name or id (default: the only tenant)")
-@click.option("--permission", "permissions", multiple=True, metavar="RESOURCE:OPERATION",
-              help="for example DEVICE:WRITE; repeat for several")
+@click.option(
+    "--permission",
+    "permissions",
+    multiple=True,
+    metavar="RESOURCE:OPERATION",
+    help="for example DEVICE:WRITE; repeat for several",
+)
 @node_options
 def role_create(name: str, tenant_ref: str | None, permissions: tuple[str, ...], as_json: bool) -> None:
     with current_node().cloud("winstar role create") as cloud:
@@ -114,12 +124,18 @@ def user_group() -> None:
 @user_group.command("create")
 @click.argument("email")
 @click.option("--tenant", "tenant_ref", help="tenant name or id (default: the only tenant)")
-@click.option("--authority", required=True, type=click.Choice(["TENANT_ADMIN", "CUSTOMER_USER"], case_sensitive=False))
+@click.option(
+    "--authority", required=True, type=click.Choice(["TENANT_ADMIN", "CUSTOMER_USER"], case_sensitive=False)
+)
 @click.option("--customer", "customer_ref", help="customer name or id (for a CUSTOMER_USER)")
 @click.option("--role", "role_refs", multiple=True, help="role name or id (PE); repeat for several")
 @node_options
 def user_create(
-    email: str, tenant_ref: str | None, authority: str, customer_ref: str | None, role_refs: tuple[str, ...],
+    email: str,
+    tenant_ref: str | None,
+    authority: str,
+    customer_ref: str | None,
+    role_refs: tuple[str, ...],
     as_json: bool,
 ) -> None:
     with current_node().cloud("winstar user create") as cloud:
@@ -248,13 +264,18 @@ def edge_sync(edge_ref: str, tenant_ref: str | None, as_json: bool) -> None:
 @click.option("--limit", type=click.IntRange(min=1), help="at most this many (newest first)")
 @click.option("--tenant", "tenant_ref", help="tenant name or id, when the edge name is ambiguous")
 @node_options
-def edge_downlinks(edge_ref: str, status: str | None, limit: int | None, tenant_ref: str | None,
-                   as_json: bool) -> None:
+def edge_downlinks(
+    edge_ref: str, status: str | None, limit: int | None, tenant_ref: str | None, as_json: bool
+) -> None:
     """Messages sent (or waiting to be sent) from the cloud to the edge, newest first."""
     with current_node().cloud("winstar edge downlinks") as cloud:
         edge = cloud.find_edge(edge_ref, cloud.find_tenant(tenant_ref) if tenant_ref else None)
         value = [event_json(ev) for ev in cloud.downlinks(edge, status, limit)]
-    emit(value, as_json, ["seq", "created_time", "type", "action", "entity_id", "status", "delivered_time", "error"])
+    emit(
+        value,
+        as_json,
+        ["seq", "created_time", "type", "action", "entity_id", "status", "delivered_time", "error"],
+    )
 
 
 COMMANDS = [tenant_group, customer_group, role_group, user_group, edge_group]

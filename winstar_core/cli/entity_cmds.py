@@ -26,8 +26,13 @@ def entity_group() -> None:
 @click.option("--customer", "customer_ref", help="cloud: customer name or id that owns the entity")
 @node_options
 def entity_create(
-    type_name: str, name: str, tenant_ref: str | None, raw_data: str | None, user_email: str | None,
-    customer_ref: str | None, as_json: bool,
+    type_name: str,
+    name: str,
+    tenant_ref: str | None,
+    raw_data: str | None,
+    user_email: str | None,
+    customer_ref: str | None,
+    as_json: bool,
 ) -> None:
     node = current_node()
     data = parse_json_data(raw_data)
@@ -51,8 +56,14 @@ def entity_create(
 @click.option("--data", "raw_data", metavar="JSON", help="keys to change, as a JSON object")
 @click.option("--tenant", "tenant_ref", help="tenant name or id, when the name is ambiguous")
 @node_options
-def entity_update(type_name: str, ref: str, new_name: str | None, raw_data: str | None, tenant_ref: str | None,
-                  as_json: bool) -> None:
+def entity_update(
+    type_name: str,
+    ref: str,
+    new_name: str | None,
+    raw_data: str | None,
+    tenant_ref: str | None,
+    as_json: bool,
+) -> None:
     node = current_node()
     data = parse_json_data(raw_data)
     if node.role() == CLOUD:
@@ -121,7 +132,11 @@ def uplinks(status: str | None, limit: int | None, as_json: bool) -> None:
     """Messages sent (or waiting to be sent) from this edge to the cloud, newest first."""
     with current_node().edge("winstar uplinks") as edge:
         value = [event_json(ev) for ev in edge.uplinks(status, limit)]
-    emit(value, as_json, ["seq", "created_time", "type", "action", "entity_id", "status", "delivered_time", "error"])
+    emit(
+        value,
+        as_json,
+        ["seq", "created_time", "type", "action", "entity_id", "status", "delivered_time", "error"],
+    )
 
 
 COMMANDS = [entity_group, uplinks]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from winstar_core.cli.api import current_node, emit, node_options
@@ -15,7 +17,9 @@ def init_group() -> None:
 
 
 @init_group.command("cloud")
-@click.option("--edition", type=click.Choice(["ce", "pe"], case_sensitive=False), default="ce", show_default=True)
+@click.option(
+    "--edition", type=click.Choice(["ce", "pe"], case_sensitive=False), default="ce", show_default=True
+)
 @node_options
 def init_cloud(edition: str, as_json: bool) -> None:
     """Create a cloud database; running it again is harmless."""
@@ -56,7 +60,7 @@ def status(as_json: bool) -> None:
                 }
                 for e in cloud.list_edges()
             ]
-            value = {"role": CLOUD, "edition": cloud.edition, "edges": edges}
+            value: dict[str, Any] = {"role": CLOUD, "edition": cloud.edition, "edges": edges}
         if as_json:
             emit(value, True)
         else:

@@ -82,7 +82,7 @@ def make_plugin_manager(
         raise PluginError(f"plugin {exc.plugin!r} implements an unknown hook: {exc}") from None
 
     register = EntityTypeRegister()
-    for impl in reversed(pm.hook.winstar_register_entity_types.get_hookimpls()):
+    for impl in pm.hook.winstar_register_entity_types.get_hookimpls():  # registration order
         try:
             impl.function(register=register._for_plugin(impl.plugin_name))
         except PluginError:

@@ -140,7 +140,9 @@ class CloudService:
         perms = sorted({parse_permission(p) for p in permissions})
         if not perms:
             raise WinstarError("a role needs at least one --permission RESOURCE:OPERATION")
-        if self.session.scalars(sa.select(Role).where(Role.tenant_id == tenant.id, Role.name == name)).first():
+        if self.session.scalars(
+            sa.select(Role).where(Role.tenant_id == tenant.id, Role.name == name)
+        ).first():
             raise Conflict(f"a role named {name!r} already exists in tenant {tenant.name!r}")
         role = Role(tenant_id=tenant.id, name=name.strip(), permissions=perms, created_time=now_ms())
         self.session.add(role)
@@ -211,12 +213,16 @@ class CloudService:
         )
 
     def tenant_users(self, tenant_id: uuid.UUID) -> list[User]:
-        return list(self.session.scalars(sa.select(User).where(User.tenant_id == tenant_id).order_by(User.email)))
+        return list(
+            self.session.scalars(sa.select(User).where(User.tenant_id == tenant_id).order_by(User.email))
+        )
 
     def _user_changed(self, user: User) -> None:
         body = self.user_info(user).SerializeToString()
         for edge_id in self.session.scalars(sa.select(Edge.id).where(Edge.tenant_id == user.tenant_id)):
-            self.outbox.downlink(edge_id, OutboxEvent(user.tenant_id, USER_EVENT_TYPE, UPDATED, user.id, body))
+            self.outbox.downlink(
+                edge_id, OutboxEvent(user.tenant_id, USER_EVENT_TYPE, UPDATED, user.id, body)
+            )
 
     # ---------------------------------------------------------------------------------------------
     # edges
@@ -226,7 +232,9 @@ class CloudService:
         name = name.strip()
         if not name:
             raise WinstarError("an edge needs a non-empty name")
-        if self.session.scalars(sa.select(Edge).where(Edge.tenant_id == tenant.id, Edge.name == name)).first():
+        if self.session.scalars(
+            sa.select(Edge).where(Edge.tenant_id == tenant.id, Edge.name == name)
+        ).first():
             raise Conflict(f"an edge named {name!r} already exists in tenant {tenant.name!r}")
         secret = secrets.token_urlsafe(24)
         salt = secrets.token_bytes(16)
@@ -311,11 +319,15 @@ class CloudService:
             origin_edge_id=origin_edge.id if origin_edge else None,
         )
 
-    def update_entity(self, entity: Entity, *, name: str | None = None, data: dict[str, Any] | None = None) -> Entity:
+    def update_entity(
+        self, entity: Entity, *, name: str | None = None, data: dict[str, Any] | None = None
+    ) -> Entity:
         if self.entities.change(entity, name=name, data=data):
             body = entity_state(entity, self.types).SerializeToString()
             for edge_id in sorted(self.effective_edges(entity.id), key=str):
-                self.outbox.downlink(edge_id, OutboxEvent(entity.tenant_id, entity.type, UPDATED, entity.id, body))
+                self.outbox.downlink(
+                    edge_id, OutboxEvent(entity.tenant_id, entity.type, UPDATED, entity.id, body)
+                )
         return entity
 
     def delete_entity(self, entity: Entity) -> None:
@@ -342,7 +354,9 @@ class CloudService:
     # ---------------------------------------------------------------------------------------------
 
     def _direct_edges(self, entity_id: uuid.UUID) -> set[uuid.UUID]:
-        return set(self.session.scalars(sa.select(Assignment.edge_id).where(Assignment.entity_id == entity_id)))
+        return set(
+            self.session.scalars(sa.select(Assignment.edge_id).where(Assignment.entity_id == entity_id))
+        )
 
     def effective_edges(self, entity_id: uuid.UUID) -> set[uuid.UUID]:
         via_container = (
@@ -367,7 +381,11 @@ class CloudService:
 
     def effective_entities(self, edge: Edge) -> list[Entity]:
         ids = self._effective_ids_stmt(edge.id).subquery()
-        stmt = sa.select(Entity).where(Entity.id.in_(sa.select(ids.c.entity_id))).order_by(Entity.type, Entity.name)
+        stmt = (
+            sa.select(Entity)
+            .where(Entity.id.in_(sa.select(ids.c.entity_id)))
+            .order_by(Entity.type, Entity.name)
+        )
         return list(self.session.scalars(stmt))
 
     def _effective_subset(self, edge_id: uuid.UUID, candidates: Iterable[uuid.UUID]) -> set[uuid.UUID]:
@@ -413,7 +431,9 @@ class CloudService:
         """Assign ``entity`` (and, for a container, its members) to ``edge``. Idempotent: returns
         False if it was already assigned directly."""
         if entity.tenant_id != edge.tenant_id:
-            raise PermissionDenied(f"{entity.type} {entity.name!r} belongs to another tenant than edge {edge.name!r}")
+            raise PermissionDenied(
+                f"{entity.type} {entity.name!r} belongs to another tenant than edge {edge.name!r}"
+            )
         if self.session.get(Assignment, (edge.id, entity.id)) is not None:
             return False
         etype = self.types.get(entity.type)
@@ -426,7 +446,9 @@ class CloudService:
         for m in members:
             self.outbox.downlink(
                 edge.id,
-                OutboxEvent(entity.tenant_id, entity.type, MEMBER_ADDED, entity.id, self._membership_body(entity, m)),
+                OutboxEvent(
+                    entity.tenant_id, entity.type, MEMBER_ADDED, entity.id, self._membership_body(entity, m)
+                ),
             )
         return True
 
@@ -435,7 +457,9 @@ class CloudService:
         if row is None:
             raise NotFound(f"{entity.type} {entity.name!r} is not assigned to edge {edge.name!r}")
         etype = self.types.get(entity.type)
-        candidates = [entity.id, *(m.id for m in self.entities.members(entity))] if etype.container else [entity.id]
+        candidates = (
+            [entity.id, *(m.id for m in self.entities.members(entity))] if etype.container else [entity.id]
+        )
         before = self._effective_subset(edge.id, candidates)
         self.session.delete(row)
         self.session.flush()
@@ -448,7 +472,9 @@ class CloudService:
         if self.types.get(member.type).container:
             raise WinstarError(f"a {member.type} cannot be a member of another container")
         if not ctype.accepts_member(container.data, member.type):
-            raise WinstarError(f"{container.type} {container.name!r} does not hold entities of type {member.type}")
+            raise WinstarError(
+                f"{container.type} {container.name!r} does not hold entities of type {member.type}"
+            )
         if container.tenant_id != member.tenant_id:
             raise PermissionDenied(f"{member.type} {member.name!r} belongs to another tenant")
 
@@ -472,7 +498,9 @@ class CloudService:
     def remove_member(self, container: Entity, member: Entity) -> None:
         row = self.session.get(EntityMember, (container.id, member.id))
         if row is None:
-            raise NotFound(f"{member.type} {member.name!r} is not a member of {container.type} {container.name!r}")
+            raise NotFound(
+                f"{member.type} {member.name!r} is not a member of {container.type} {container.name!r}"
+            )
         edges = sorted(self._direct_edges(container.id), key=str)
         before = {e: self._effective_subset(e, [member.id]) for e in edges}
         self.session.delete(row)
@@ -488,3 +516,75 @@ class CloudService:
         if not self.types.get(container.type).container:
             raise WinstarError(f"{container.type} {container.name!r} cannot hold members")
         return self.entities.members(container)
+
+    # ---------------------------------------------------------------------------------------------
+    # uplinks: changes an edge made to the entities it owns
+    # ---------------------------------------------------------------------------------------------
+
+    def free_name_for(self, edge: Edge, type_name: str, name: str, entity_id: uuid.UUID) -> str:
+        """The name an edge-created entity gets in the cloud. If ``name`` is taken in the tenant by
+        another entity, the deterministic ``NAME (EDGE_NAME)``, then ``NAME (EDGE_NAME ID8)``; the
+        cloud sends the entity back under that name, so the edge ends up agreeing."""
+        for candidate in (name, f"{name} ({edge.name})", f"{name} ({edge.name} {str(entity_id)[:8]})"):
+            clash = self.session.scalars(
+                sa.select(Entity.id).where(
+                    Entity.tenant_id == edge.tenant_id, Entity.type == type_name, Entity.name == candidate
+                )
+            ).first()
+            if clash is None or clash == entity_id:
+                return candidate
+        return f"{name} ({edge.name} {entity_id})"
+
+    def apply_uplink(self, edge: Edge, event: pb.Event) -> None:
+        """Apply one change an edge sent. Raises a :class:`WinstarError` (the edge sees its message
+        as the event's FAILED reason) for anything outside the edge's rights."""
+        if event.type not in self.types:
+            raise WinstarError(f"unknown entity type {event.type!r}")
+        etype = self.types.get(event.type)
+        if not etype.creatable_on_edge:
+            raise PermissionDenied(f"entities of type {event.type} cannot be created or changed on an edge")
+        entity_id = parse_uuid(event.entity_id)
+        if entity_id is None:
+            raise WinstarError(f"bad entity id {event.entity_id!r}")
+        existing = self.session.get(Entity, entity_id)
+        if existing is not None and existing.tenant_id != edge.tenant_id:
+            raise PermissionDenied("that entity belongs to another tenant")
+        if event.action == DELETED:
+            if existing is None:
+                return  # already gone: deleting twice has the same effect as once
+            if existing.origin_edge_id != edge.id:
+                raise PermissionDenied(f"{existing.type} {existing.name!r} is not owned by this edge")
+            self.delete_entity(existing)
+            return
+        if event.action not in (ADDED, UPDATED):
+            raise WinstarError(f"unknown uplink action {event.action!r}")
+        state = pb.EntityState.FromString(event.body)
+        if state.id != event.entity_id or state.type != event.type:
+            raise WinstarError("the event's body does not describe its entity")
+        if state.tenant_id != str(edge.tenant_id):
+            raise PermissionDenied("an edge may only create entities in its own tenant")
+        data = etype.deserialize(state.payload)
+        if existing is not None:
+            if existing.origin_edge_id != edge.id:
+                raise PermissionDenied(f"{existing.type} {existing.name!r} is not owned by this edge")
+            name = self.free_name_for(edge, existing.type, state.name, existing.id)
+            self.update_entity(existing, name=name, data=data)
+            return
+        if event.action == UPDATED:
+            raise NotFound(f"{event.type} {state.name!r} is unknown to the cloud")
+        name = self.free_name_for(edge, event.type, state.name, entity_id)
+        tenant = self.find_tenant(edge.tenant_id)
+        customer = self.session.get(Customer, parse_uuid(state.customer_id)) if state.customer_id else None
+        entity = self.entities.insert(
+            type_name=event.type,
+            name=name,
+            tenant_id=tenant.id,
+            data=data,
+            customer_id=customer.id if customer and customer.tenant_id == tenant.id else None,
+            entity_id=entity_id,
+            origin_edge_id=edge.id,
+            validated=True,
+        )
+        self.platform.hook.winstar_edge_entity_created(
+            cloud=self, edge=edge, entity=entity, edition=self.edition
+        )

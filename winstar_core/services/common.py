@@ -43,8 +43,10 @@ def iso(ms: int | None) -> str | None:
         return None
     import datetime as dt
 
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
     )
 
 
@@ -111,7 +113,9 @@ def parse_json_data(raw: str | None) -> dict[str, Any] | None:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise WinstarError(f"--data is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
+        raise WinstarError(
+            f"--data is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})"
+        ) from None
     if not isinstance(value, dict):
         raise WinstarError("--data must be a JSON object")
     return value
@@ -156,7 +160,9 @@ class EntityStore:
             stmt = stmt.where(Entity.tenant_id == tenant_id)
         return list(self.session.scalars(stmt.order_by(Entity.name)))
 
-    def check_name_free(self, tenant_id: uuid.UUID, type_name: str, name: str, *, but: uuid.UUID | None = None) -> None:
+    def check_name_free(
+        self, tenant_id: uuid.UUID, type_name: str, name: str, *, but: uuid.UUID | None = None
+    ) -> None:
         stmt = sa.select(Entity.id).where(
             Entity.tenant_id == tenant_id, Entity.type == type_name, Entity.name == name
         )

@@ -72,7 +72,9 @@ class EdgeService:
         """Store what the cloud says this edge is (sent in the Welcome), and its users."""
         tenant_id = uuid.UUID(config.tenant_id)
         if self.session.get(Tenant, tenant_id) is None:
-            self.session.add(Tenant(id=tenant_id, name=config.tenant_name or str(tenant_id), created_time=now_ms()))
+            self.session.add(
+                Tenant(id=tenant_id, name=config.tenant_name or str(tenant_id), created_time=now_ms())
+            )
         for key, value in (
             ("edge_id", config.edge_id),
             ("edge_name", config.name),
@@ -135,9 +137,12 @@ class EdgeService:
         if user.tenant_id != tenant_id:
             raise PermissionDenied(f"user {user_email!r} belongs to another tenant than this edge")
         if not may_write(user, etype.resource(), edition):
-            need = "a tenant administrator" if edition == "ce" else f"a role granting {etype.resource()}:WRITE"
+            need = (
+                "a tenant administrator" if edition == "ce" else f"a role granting {etype.resource()}:WRITE"
+            )
             raise PermissionDenied(
-                f"user {user_email!r} may not create a {type_name} on this edge ({edition.upper()} needs {need})"
+                f"user {user_email!r} may not create a {type_name} on this edge "
+                f"({edition.upper()} needs {need})"
             )
         entity = self.entities.insert(
             type_name=type_name,
@@ -156,7 +161,9 @@ class EdgeService:
                 f"{entity.type} {entity.name!r} is managed by the cloud: change it there, not on the edge"
             )
 
-    def update_entity(self, entity: Entity, *, name: str | None = None, data: dict[str, Any] | None = None) -> Entity:
+    def update_entity(
+        self, entity: Entity, *, name: str | None = None, data: dict[str, Any] | None = None
+    ) -> Entity:
         self._owned(entity)
         if self.entities.change(entity, name=name, data=data):
             self._uplink(entity, UPDATED)
@@ -185,6 +192,8 @@ class EdgeService:
 
     def pending_uplinks(self) -> int:
         return int(
-            self.session.scalar(sa.select(sa.func.count()).select_from(CloudEvent).where(CloudEvent.status == "PENDING"))
+            self.session.scalar(
+                sa.select(sa.func.count()).select_from(CloudEvent).where(CloudEvent.status == "PENDING")
+            )
             or 0
         )

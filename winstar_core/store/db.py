@@ -26,9 +26,7 @@ def normalize_url(url: str) -> str:
 def make_engine(url: str, **kw: Any) -> sa.Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
-        engine = sa.create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 60}, **kw
-        )
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 60}, **kw)
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:

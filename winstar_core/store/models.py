@@ -78,9 +78,8 @@ class User(Base):
     authority: Mapped[str] = mapped_column(sa.String(32))
     #: on an edge: the permissions the cloud granted this user (the cloud derives them from roles)
     permissions: Mapped[list[str]] = mapped_column(JSONType, default=list)
-    customer_id: Mapped[uuid.UUID | None] = mapped_column(
-        sa.ForeignKey("customer.id", ondelete="SET NULL"), nullable=True
-    )
+    #: no foreign key: an edge knows its users' customer ids, not the customers themselves
+    customer_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
     created_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
     updated_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
 

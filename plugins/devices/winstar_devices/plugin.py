@@ -44,8 +44,10 @@ class DeviceSchema(Schema):
     @post_load
     def fill_credentials(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
         creds = data["credentials"]
-        if isinstance(creds, dict) and creds.get("type", "ACCESS_TOKEN") == "ACCESS_TOKEN" and not creds.get(
-            "access_token"
+        if (
+            isinstance(creds, dict)
+            and creds.get("type", "ACCESS_TOKEN") == "ACCESS_TOKEN"
+            and not creds.get("access_token")
         ):
             data["credentials"] = CredentialsSchema().load(dict(creds))
         return data

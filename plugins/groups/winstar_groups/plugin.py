@@ -85,7 +85,9 @@ def group_cli() -> None:
     """Entity groups: members (from the groups plugin)."""
 
 
-def _resolve(svc: Any, group_ref: str, type_name: str | None = None, ref: str | None = None) -> tuple[Any, Any]:
+def _resolve(
+    svc: Any, group_ref: str, type_name: str | None = None, ref: str | None = None
+) -> tuple[Any, Any]:
     group = svc.entities.find_entity(GROUP_TYPE, group_ref)
     member = svc.entities.find_entity(type_name, ref, group.tenant_id) if type_name and ref else None
     return group, member

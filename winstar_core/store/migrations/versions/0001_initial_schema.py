@@ -139,12 +139,6 @@ def upgrade() -> None:
         sa.Column("created_time", sa.BigInteger(), nullable=False),
         sa.Column("updated_time", sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["customer_id"],
-            ["customer.id"],
-            name=op.f("fk_app_user_customer_id_customer"),
-            ondelete="SET NULL",
-        ),
-        sa.ForeignKeyConstraint(
             ["tenant_id"], ["tenant.id"], name=op.f("fk_app_user_tenant_id_tenant"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_app_user")),

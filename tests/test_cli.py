@@ -1,0 +1,216 @@
+"""The `winstar` command line: the commands and JSON shapes of CLI.md, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from winstar_core.cli import build_cli
+from winstar_core.node import Node
+
+
+@pytest.fixture
+def run(platform):
+    cli = build_cli(platform)
+    runner = CliRunner()
+
+    def invoke(db: str, *args: str, ok: bool = True):
+        result = runner.invoke(cli, ["--db", db, *args], catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, result.stderr or result.output
+        return result
+
+    def as_json(db: str, *args: str):
+        return json.loads(invoke(db, *args, "--json").stdout)
+
+    invoke.json = as_json  # type: ignore[attr-defined]
+    return invoke
+
+
+def test_cloud_commands_and_shapes(run, db_url):
+    j = run.json
+    assert j(db_url, "init", "cloud")["role"] == "cloud"
+    run(db_url, "init", "cloud")  # harmless again
+    tenant = j(db_url, "tenant", "create", "Acme")
+    assert set(tenant) == {"id", "name"}
+    cust = j(db_url, "customer", "create", "Cust", "--tenant", "Acme")
+    assert set(cust) == {"id", "name", "tenant_id"} and cust["tenant_id"] == tenant["id"]
+    user = j(db_url, "user", "create", "a@acme.io", "--tenant", "Acme", "--authority", "TENANT_ADMIN")
+    assert {"id", "email", "authority"} <= set(user)
+    edge = j(db_url, "edge", "create", "e1", "--tenant", "Acme")
+    assert {"id", "name", "routing_key", "secret"} <= set(edge)
+    listed = j(db_url, "edge", "list")
+    assert listed == [
+        {
+            "id": edge["id"],
+            "name": "e1",
+            "tenant_id": tenant["id"],
+            "customer_id": None,
+            "connected": False,
+            "last_seen": None,
+            "pending": 0,
+        }
+    ]
+    dash = j(db_url, "entity", "create", "dashboard", "Main", "--data", '{"title": "T"}')
+    assert {k: dash[k] for k in ("type", "name", "tenant_id", "version", "data")} == {
+        "type": "dashboard",
+        "name": "Main",
+        "tenant_id": tenant["id"],
+        "version": 1,
+        "data": {"title": "T", "configuration": {}},
+    }
+    assigned = j(db_url, "edge", "assign", "e1", "dashboard", "Main")
+    assert assigned == {"edge_id": edge["id"], "entity_id": dash["id"], "type": "dashboard"}
+    upd = j(db_url, "entity", "update", "dashboard", dash["id"], "--name", "Main2")
+    assert (upd["name"], upd["version"]) == ("Main2", 2)
+    assert j(db_url, "entity", "show", "dashboard", "Main2")["id"] == dash["id"]
+    assert [e["name"] for e in j(db_url, "entity", "list", "dashboard")] == ["Main2"]
+    ents = j(db_url, "edge", "entities", "e1")
+    assert ents == [{"id": dash["id"], "type": "dashboard", "name": "Main2", "version": 2}]
+    downs = j(db_url, "edge", "downlinks", "e1")
+    assert [d["action"] for d in downs] == ["UPDATED", "ADDED"]  # newest first
+    assert set(downs[0]) == {
+        "seq",
+        "created_time",
+        "type",
+        "action",
+        "entity_id",
+        "status",
+        "delivered_time",
+        "error",
+    }
+    assert {d["status"] for d in downs} == {"pending"}
+    assert j(db_url, "edge", "downlinks", "e1", "--status", "delivered") == []
+    assert j(db_url, "edge", "sync", "e1")["requested"] is True
+    status = j(db_url, "status")
+    assert status["role"] == "cloud" and status["edition"] == "ce"
+    assert status["edges"][0]["pending"] == 2 and status["edges"][0]["connected"] is False
+    # groups, from the groups plugin
+    j(db_url, "entity", "create", "device", "d1")
+    grp = j(db_url, "entity", "create", "entity_group", "G", "--data", '{"entity_type": "device"}')
+    added = j(db_url, "group", "add", "G", "device", "d1")
+    assert added["group_id"] == grp["id"]
+    assert [m["name"] for m in j(db_url, "group", "members", "G")] == ["d1"]
+    j(db_url, "group", "remove", "G", "device", "d1")
+    assert j(db_url, "group", "members", "G") == []
+    gone = j(db_url, "entity", "delete", "dashboard", "Main2")
+    assert gone == {"id": dash["id"], "deleted": True}
+    # without --json: a readable table
+    assert "NAME" in run(db_url, "edge", "list").stdout
+
+
+def test_pe_roles(run, sqlite_url):
+    j = run.json
+    j(sqlite_url, "init", "cloud", "--edition", "pe")
+    j(sqlite_url, "tenant", "create", "Acme")
+    role = j(sqlite_url, "role", "create", "writer", "--tenant", "Acme", "--permission", "DEVICE:WRITE")
+    assert role["permissions"] == ["DEVICE:WRITE"] and {"id", "name"} <= set(role)
+    j(sqlite_url, "customer", "create", "C")
+    user = j(
+        sqlite_url,
+        "user",
+        "create",
+        "w@acme.io",
+        "--authority",
+        "CUSTOMER_USER",
+        "--customer",
+        "C",
+        "--role",
+        "writer",
+    )
+    assert user["roles"] == ["writer"] and user["permissions"] == ["DEVICE:WRITE"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("entity", "create", "gizmo", "x"), "unknown entity type 'gizmo'"),
+        (("entity", "create", "device", "d1"), "already exists"),
+        (("entity", "create", "device", "d2", "--data", "{nope"), "not valid JSON"),
+        (("entity", "create", "device", "d2", "--data", '{"label": 5}'), "invalid device data"),
+        (("edge", "assign", "e1", "device", "nope"), "no device 'nope'"),
+        (("edge", "assign", "nope", "device", "d1"), "no edge 'nope'"),
+        (("uplinks",), "is for an edge node"),
+        (("role", "create", "r", "--permission", "DEVICE:WRITE"), "only on a PE cloud"),
+        (("user", "create", "x@acme.io", "--authority", "CUSTOMER_USER"), "needs --customer"),
+        (("edge", "unassign", "e1", "device", "d1"), "is not assigned"),
+        (("group", "add", "G", "asset", "a1"), "does not hold"),
+    ],
+)
+def test_bad_input_is_one_line_and_changes_nothing(run, sqlite_url, args, message):
+    j = run.json
+    j(sqlite_url, "init", "cloud")
+    j(sqlite_url, "tenant", "create", "Acme")
+    j(sqlite_url, "edge", "create", "e1")
+    j(sqlite_url, "entity", "create", "device", "d1")
+    j(sqlite_url, "entity", "create", "asset", "a1")
+    j(sqlite_url, "entity", "create", "entity_group", "G", "--data", '{"entity_type": "device"}')
+    snapshot = _snapshot(sqlite_url)
+    result = run(sqlite_url, *args, ok=False)
+    assert result.exit_code == 1
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err, err
+    assert result.stdout == ""
+    assert _snapshot(sqlite_url) == snapshot
+
+
+def _snapshot(url: str):
+    import sqlalchemy as sa
+
+    node = Node(url)
+    out = {}
+    with node.db.engine.connect() as conn:
+        for table in sorted(sa.inspect(conn).get_table_names()):
+            out[table] = sorted(map(repr, conn.execute(sa.text(f'SELECT * FROM "{table}"'))))
+    node.close()
+    return out
+
+
+def test_edge_commands(run, platform, tmp_path, sqlite_url):
+    from winstar_core.testing import seed_edge_from_cloud
+
+    j = run.json
+    j(sqlite_url, "init", "cloud")
+    j(sqlite_url, "tenant", "create", "Acme")
+    j(sqlite_url, "user", "create", "a@acme.io", "--authority", "TENANT_ADMIN")
+    edge = j(sqlite_url, "edge", "create", "e1")
+    edge_db = f"sqlite:///{tmp_path / 'edge.db'}"
+    j(
+        edge_db,
+        "init",
+        "edge",
+        "--cloud",
+        "127.0.0.1:7070",
+        "--routing-key",
+        edge["routing_key"],
+        "--secret",
+        edge["secret"],
+    )
+    st = j(edge_db, "status")
+    assert {k: st[k] for k in ("role", "connected", "cloud", "pending_uplinks", "last_sync")} == {
+        "role": "edge",
+        "connected": False,
+        "cloud": "127.0.0.1:7070",
+        "pending_uplinks": 0,
+        "last_sync": None,
+    }
+    assert "error" in st
+    refused = run(edge_db, "entity", "create", "device", "d1", "--user", "a@acme.io", ok=False)
+    assert refused.exit_code == 1 and "has not connected to its cloud yet" in refused.stderr
+    assert run(edge_db, "edge", "list", ok=False).exit_code == 1  # a cloud command on an edge
+    assert run(edge_db, "init", "cloud", ok=False).exit_code == 1
+
+    seed_edge_from_cloud(Node(sqlite_url, platform=platform), Node(edge_db, platform=platform), "e1")
+    dev = j(edge_db, "entity", "create", "device", "d1", "--user", "a@acme.io")
+    assert dev["type"] == "device" and dev["tenant_id"] == edge["tenant_id"]
+    ups = j(edge_db, "uplinks")
+    assert [(u["type"], u["action"], u["entity_id"], u["status"]) for u in ups] == [
+        ("device", "ADDED", dev["id"], "pending")
+    ]
+    assert j(edge_db, "status")["pending_uplinks"] == 1
+    no_dash = run(edge_db, "entity", "create", "dashboard", "D", "--user", "a@acme.io", ok=False)
+    assert "cannot be created on an edge" in no_dash.stderr
+    assert j(edge_db, "entity", "update", "device", "d1", "--data", '{"label": "L"}')["version"] == 2
+    assert [u["action"] for u in j(edge_db, "uplinks")] == ["UPDATED", "ADDED"]

@@ -1,0 +1,3 @@
+from winstar_core.cli import main
+
+main()

@@ -45,7 +45,7 @@ class Node:
 
     def role(self) -> str | None:
         try:
-            with self.db.engine.connect() as conn:
+            with self.db.read() as conn:
                 if not sa.inspect(conn).has_table("node_config"):
                     return None
                 row = conn.execute(sa.text("SELECT value FROM node_config WHERE key = 'role'")).first()
@@ -97,7 +97,14 @@ class Node:
             set_config(s, "edition", edition)
         return True
 
-    def init_edge(self, cloud: str, routing_key: str, secret: str, secret_file: str | None = None) -> bool:
+    def init_edge(
+        self,
+        cloud: str,
+        routing_key: str,
+        secret: str,
+        secret_file: str | None = None,
+        ca_file: str | None = None,
+    ) -> bool:
         if ":" not in cloud:
             raise WinstarError(f"--cloud must be HOST:PORT, not {cloud!r}")
         if not routing_key or not secret:
@@ -113,6 +120,7 @@ class Node:
             set_config(s, "cloud", cloud)
             set_config(s, "routing_key", routing_key)
             set_config(s, "secret_file", str(path.resolve()))
+            set_config(s, "ca_file", str(Path(ca_file).resolve()) if ca_file else None)
             ensure_stream(s, UPLINK_STREAM)
         return current is None
 

@@ -57,7 +57,7 @@ def _platform() -> Platform:
 
 
 def build_cli(platform: Platform | None = None) -> click.Group:
-    from winstar_core.cli import cloud_cmds, entity_cmds, node_cmds
+    from winstar_core.cli import cloud_cmds, entity_cmds, node_cmds, run_cmd
 
     global _PLATFORM
     if platform is not None:
@@ -65,6 +65,7 @@ def build_cli(platform: Platform | None = None) -> click.Group:
     for module in (node_cmds, cloud_cmds, entity_cmds):
         for command in module.COMMANDS:
             cli.add_command(command)
+    cli.add_command(run_cmd.run)
     for impl in _platform().hook.winstar_add_commands.get_hookimpls():
         try:
             impl.function(cli=cli)

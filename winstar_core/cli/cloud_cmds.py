@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from winstar_core.cli.api import current_node, emit, node_options
-from winstar_core.services.cloud import CloudService
+from winstar_core.services.cloud import CloudService, edge_connected
 from winstar_core.services.common import event_json, iso
 from winstar_core.store.models import Customer, Edge, Role, Tenant, User
 
@@ -47,7 +47,7 @@ def edge_json(e: Edge, pending: int) -> dict[str, object]:
         "name": e.name,
         "tenant_id": str(e.tenant_id),
         "customer_id": str(e.customer_id) if e.customer_id else None,
-        "connected": e.connected,
+        "connected": edge_connected(e),
         "last_seen": iso(e.last_seen),
         "pending": pending,
     }
@@ -254,7 +254,7 @@ def edge_sync(edge_ref: str, tenant_ref: str | None, as_json: bool) -> None:
     with current_node().cloud("winstar edge sync") as cloud:
         edge = cloud.find_edge(edge_ref, cloud.find_tenant(tenant_ref) if tenant_ref else None)
         cloud.request_sync(edge)
-        value = {"edge_id": str(edge.id), "requested": True, "connected": edge.connected}
+        value = {"edge_id": str(edge.id), "requested": True, "connected": edge_connected(edge)}
     emit(value, as_json)
 
 

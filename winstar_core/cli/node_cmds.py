@@ -8,7 +8,9 @@ import click
 
 from winstar_core.cli.api import current_node, emit, node_options
 from winstar_core.node import CLOUD, EDGE
-from winstar_core.services.common import get_config, iso
+from winstar_core.services.cloud import edge_connected
+from winstar_core.services.common import LIVENESS_MS, get_config, iso
+from winstar_core.store.models import now_ms
 
 
 @click.group("init")
@@ -33,11 +35,24 @@ def init_cloud(edition: str, as_json: bool) -> None:
 @click.option("--routing-key", required=True, help="the edge's routing key (from `winstar edge create`)")
 @click.option("--secret", required=True, help="the edge's secret (from `winstar edge create`)")
 @click.option("--secret-file", default=None, help="where to keep the secret (default: beside the database)")
+@click.option(
+    "--ca",
+    "ca_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM CA certificate to verify a TLS cloud (enables TLS)",
+)
 @node_options
-def init_edge(cloud_addr: str, routing_key: str, secret: str, secret_file: str | None, as_json: bool) -> None:
+def init_edge(
+    cloud_addr: str,
+    routing_key: str,
+    secret: str,
+    secret_file: str | None,
+    ca_file: str | None,
+    as_json: bool,
+) -> None:
     """Create an edge database that will connect to that cloud."""
     node = current_node()
-    created = node.init_edge(cloud_addr, routing_key, secret, secret_file)
+    created = node.init_edge(cloud_addr, routing_key, secret, secret_file, ca_file)
     emit({"role": EDGE, "cloud": cloud_addr, "routing_key": routing_key, "created": created}, as_json)
 
 
@@ -54,7 +69,7 @@ def status(as_json: bool) -> None:
                 {
                     "id": str(e.id),
                     "name": e.name,
-                    "connected": e.connected,
+                    "connected": edge_connected(e),
                     "last_seen": iso(e.last_seen),
                     "pending": pending.get(e.id, 0),
                 }
@@ -71,7 +86,8 @@ def status(as_json: bool) -> None:
         s = edge.session
         value = {
             "role": EDGE,
-            "connected": bool(get_config(s, "connected", False)),
+            "connected": bool(get_config(s, "connected", False))
+            and now_ms() - int(get_config(s, "link_heartbeat", 0) or 0) < LIVENESS_MS,
             "cloud": get_config(s, "cloud"),
             "pending_uplinks": edge.pending_uplinks(),
             "last_sync": iso(get_config(s, "last_sync")),

@@ -22,8 +22,10 @@ from winstar_core.services.common import (
     ADDED,
     AUTHORITIES,
     DELETED,
+    LIVENESS_MS,
     MEMBER_ADDED,
     MEMBER_REMOVED,
+    SYNC_EVENT_TYPE,
     UNASSIGNED,
     UPDATED,
     USER_EVENT_TYPE,
@@ -58,6 +60,10 @@ def hash_secret(secret: str, salt: bytes) -> bytes:
 
 def check_secret(edge: Edge, secret: str) -> bool:
     return hmac.compare_digest(hash_secret(secret, edge.secret_salt), edge.secret_hash)
+
+
+def edge_connected(edge: Edge) -> bool:
+    return bool(edge.connected) and now_ms() - (edge.last_seen or 0) < LIVENESS_MS
 
 
 def parse_permission(raw: str) -> str:
@@ -290,8 +296,13 @@ class CloudService:
         return list(self.session.scalars(stmt))
 
     def request_sync(self, edge: Edge) -> None:
+        """Sync Edge: the node serving the edge runs it now, or when the edge reconnects."""
         edge.sync_requested = True
         self.session.flush()
+        if self.session.get_bind().dialect.name == "postgresql":
+            from winstar_core.store.outbox import NOTIFY_CHANNEL_DOWNLINK
+
+            self.session.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL_DOWNLINK, str(edge.id))))
 
     # ---------------------------------------------------------------------------------------------
     # entities
@@ -588,3 +599,33 @@ class CloudService:
         self.platform.hook.winstar_edge_entity_created(
             cloud=self, edge=edge, entity=entity, edition=self.edition
         )
+
+    # ---------------------------------------------------------------------------------------------
+    # Sync Edge
+    # ---------------------------------------------------------------------------------------------
+
+    def run_sync(self, edge: Edge) -> int:
+        """Queue the edge's whole state: its users, every effective entity (dependencies first),
+        container memberships, then a ``_sync`` event naming every entity the edge should hold, so
+        that it removes the rest. Returns the number of events queued."""
+        before = sum(len(v) for v in self.outbox.downlinks.values())
+        for user in self.tenant_users(edge.tenant_id):
+            body = self.user_info(user).SerializeToString()
+            self.outbox.downlink(
+                edge.id, OutboxEvent(user.tenant_id, USER_EVENT_TYPE, UPDATED, user.id, body)
+            )
+        entities = self.effective_entities(edge)
+        self._emit_added(edge.id, [e.id for e in entities])
+        for container in (e for e in entities if self.types.get(e.type).container):
+            for member in self.entities.members(container):
+                body = self._membership_body(container, member)
+                self.outbox.downlink(
+                    edge.id,
+                    OutboxEvent(container.tenant_id, container.type, MEMBER_ADDED, container.id, body),
+                )
+        end = pb.SyncEnd(entity_ids=[str(e.id) for e in entities]).SerializeToString()
+        self.outbox.downlink(edge.id, OutboxEvent(edge.tenant_id, SYNC_EVENT_TYPE, "SYNC", None, end))
+        edge.sync_requested = False
+        edge.last_sync = now_ms()
+        self.session.flush()
+        return sum(len(v) for v in self.outbox.downlinks.values()) - before

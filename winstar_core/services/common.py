@@ -25,8 +25,13 @@ MEMBER_REMOVED = "MEMBER_REMOVED"
 #: event types the core itself uses; plugin wire names may not start with "_"
 USER_EVENT_TYPE = "_user"
 EDGE_EVENT_TYPE = "_edge"
+SYNC_EVENT_TYPE = "_sync"
 
 AUTHORITIES = ("TENANT_ADMIN", "CUSTOMER_USER")
+
+#: a link whose process has not touched its heartbeat for this long is shown as disconnected
+#: (the process was killed without a chance to say so); heartbeats come every 5 s
+LIVENESS_MS = 20_000
 
 
 def parse_uuid(ref: str | uuid.UUID) -> uuid.UUID | None:

@@ -14,14 +14,20 @@ from winstar_core.plugin.manager import Platform
 from winstar_core.services.common import (
     ADDED,
     DELETED,
+    EDGE_EVENT_TYPE,
+    MEMBER_ADDED,
+    MEMBER_REMOVED,
+    SYNC_EVENT_TYPE,
+    UNASSIGNED,
     UPDATED,
+    USER_EVENT_TYPE,
     EntityStore,
     entity_state,
     get_config,
     parse_uuid,
     set_config,
 )
-from winstar_core.store.models import CloudEvent, Entity, Tenant, User, now_ms
+from winstar_core.store.models import CloudEvent, Entity, EntityMember, Tenant, User, now_ms
 from winstar_core.store.outbox import Outbox, OutboxEvent
 from winstar_core.transport.pb import sync_pb2 as pb
 
@@ -197,3 +203,112 @@ class EdgeService:
             )
             or 0
         )
+
+    # -- downlinks: what the cloud sends -----------------------------------------------------------
+
+    def apply_downlink(self, event: pb.Event) -> None:
+        """Apply one event of the cloud's stream. Raises a :class:`WinstarError` to reject it (the
+        cloud records the message as the event's FAILED reason)."""
+        if event.type == USER_EVENT_TYPE:
+            if event.action == DELETED:
+                self.remove_user(uuid.UUID(event.entity_id))
+            else:
+                self.apply_user(pb.UserInfo.FromString(event.body))
+            return
+        if event.type == EDGE_EVENT_TYPE:
+            self.apply_config(pb.EdgeConfig.FromString(event.body))
+            return
+        if event.type == SYNC_EVENT_TYPE:
+            self.apply_sync_end(pb.SyncEnd.FromString(event.body))
+            return
+        if event.type not in self.types:
+            raise WinstarError(f"this edge has no plugin for entity type {event.type!r}")
+        if event.action in (ADDED, UPDATED):
+            self.upsert(pb.EntityState.FromString(event.body))
+        elif event.action in (DELETED, UNASSIGNED):
+            entity_id = uuid.UUID(event.entity_id)
+            self.session.execute(
+                sa.delete(EntityMember).where(
+                    sa.or_(EntityMember.container_id == entity_id, EntityMember.member_id == entity_id)
+                )
+            )
+            self.session.execute(sa.delete(Entity).where(Entity.id == entity_id))
+        elif event.action in (MEMBER_ADDED, MEMBER_REMOVED):
+            m = pb.Membership.FromString(event.body)
+            container_id, member_id = uuid.UUID(m.container_id), uuid.UUID(m.member_id)
+            row = self.session.get(EntityMember, (container_id, member_id))
+            if event.action == MEMBER_REMOVED:
+                if row is not None:
+                    self.session.delete(row)
+            elif (
+                row is None and self.session.get(Entity, member_id) and self.session.get(Entity, container_id)
+            ):
+                self.session.add(
+                    EntityMember(container_id=container_id, member_id=member_id, created_time=now_ms())
+                )
+        else:
+            raise WinstarError(f"unknown downlink action {event.action!r}")
+        self.session.flush()
+
+    def upsert(self, state: pb.EntityState) -> None:
+        etype = self.types.get(state.type)
+        if state.schema_version > etype.schema_version:
+            raise WinstarError(
+                f"{state.type} payload has schema version {state.schema_version}, this edge knows "
+                f"{etype.schema_version}: upgrade the plugin on the edge"
+            )
+        data = etype.deserialize(state.payload)
+        entity_id = uuid.UUID(state.id)
+        entity = self.session.get(Entity, entity_id)
+        if entity is not None and entity.version > state.version and entity.origin_edge_id != self.edge_id:
+            return  # an older state than the one we hold: the newer one was applied already
+        clash = self.session.scalars(
+            sa.select(Entity).where(
+                Entity.tenant_id == uuid.UUID(state.tenant_id),
+                Entity.type == state.type,
+                Entity.name == state.name,
+                Entity.id != entity_id,
+            )
+        ).first()
+        if clash is not None:
+            if clash.origin_edge_id is not None and clash.origin_edge_id == self.edge_id:
+                # Our own entity lost the name in the cloud: same deterministic rule as the cloud.
+                clash.name = f"{clash.name} ({get_config(self.session, 'edge_name')})"
+                self.session.flush()
+            else:
+                raise WinstarError(
+                    f"a different {state.type} named {state.name!r} already exists on this edge"
+                )
+        if entity is None:
+            entity = Entity(id=entity_id, created_time=now_ms())
+            self.session.add(entity)
+        entity.tenant_id = uuid.UUID(state.tenant_id)
+        entity.customer_id = parse_uuid(state.customer_id) if state.customer_id else None
+        entity.type = state.type
+        entity.name = state.name
+        entity.data = data
+        entity.version = state.version
+        entity.origin_edge_id = parse_uuid(state.origin_edge_id) if state.origin_edge_id else None
+        entity.updated_time = now_ms()
+
+    def apply_sync_end(self, end: pb.SyncEnd) -> None:
+        """End of a full sync: remove what the edge should no longer have. Keeps this edge's own
+        entities whose creation the cloud has not acknowledged yet."""
+        keep = {uuid.UUID(i) for i in end.entity_ids}
+        unacked = set(
+            self.session.scalars(
+                sa.select(CloudEvent.entity_id).where(
+                    CloudEvent.status == "PENDING", CloudEvent.entity_id.is_not(None)
+                )
+            )
+        )
+        stale = [i for i in self.session.scalars(sa.select(Entity.id)) if i not in keep and i not in unacked]
+        for i in range(0, len(stale), 500):
+            chunk = stale[i : i + 500]
+            self.session.execute(
+                sa.delete(EntityMember).where(
+                    sa.or_(EntityMember.container_id.in_(chunk), EntityMember.member_id.in_(chunk))
+                )
+            )
+            self.session.execute(sa.delete(Entity).where(Entity.id.in_(chunk)))
+        set_config(self.session, "last_sync", now_ms())

@@ -43,7 +43,11 @@ def make_engine(url: str, **kw: Any) -> sa.Engine:
         @event.listens_for(engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:
             # One writer at a time, taken at BEGIN: SQLite's commit order is then its seq order.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Read-only work (Database.read) begins deferred and runs beside the writer (WAL).
+            if conn.get_execution_options().get("winstar_read_only"):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     kw.setdefault("pool_pre_ping", True)
@@ -78,6 +82,13 @@ class Database:
         """A session inside one transaction: committed on success, rolled back on any error."""
         with self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def read(self) -> Iterator[sa.Connection]:
+        """A connection for reading only: on SQLite it does not take the write lock."""
+        with self.engine.connect() as conn:
+            conn.execution_options(winstar_read_only=True)
+            yield conn
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -216,6 +216,17 @@ class StreamCounter(Base):
     last_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0)
 
 
+class StreamFailure(Base):
+    """Events of a peer's stream that this node rejected, with its reason; written with the mark,
+    so a redelivered event gets the same verdict without being applied again."""
+
+    __tablename__ = "stream_failure"
+    stream: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    error: Mapped[str] = mapped_column(sa.Text)
+    created_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
+
+
 class StreamMark(Base):
     """How far this node has applied a peer's stream; written in the transaction of the apply."""
 

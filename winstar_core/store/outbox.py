@@ -87,13 +87,31 @@ class Outbox:
     def uplink(self, event: OutboxEvent) -> None:
         self.uplinks.append(event)
 
+    def checkpoint(self) -> tuple[dict[uuid.UUID, int], int]:
+        """A point to come back to if the change being applied is rejected."""
+        return {k: len(v) for k, v in self.downlinks.items()}, len(self.uplinks)
+
+    def rollback_to(self, point: tuple[dict[uuid.UUID, int], int]) -> None:
+        lengths, uplinks = point
+        for edge_id in list(self.downlinks):
+            keep = lengths.get(edge_id, 0)
+            del self.downlinks[edge_id][keep:]
+            if not self.downlinks[edge_id]:
+                del self.downlinks[edge_id]
+        del self.uplinks[uplinks:]
+
+    def edges(self) -> set[uuid.UUID]:
+        return set(self.downlinks)
+
     def __bool__(self) -> bool:
         return bool(self.downlinks or self.uplinks)
 
-    def flush(self, session: Session) -> None:
-        """Number and insert the collected events; NOTIFY once (PostgreSQL) with the edge ids."""
+    def flush(self, session: Session) -> set[uuid.UUID]:
+        """Number and insert the collected events; NOTIFY once (PostgreSQL) with the edge ids.
+        Returns the edges whose streams got events."""
         if not self:
-            return
+            return set()
+        touched = set(self.downlinks)
         created = now_ms()
         rows: list[dict[str, object]] = []
         for edge_id in sorted(self.downlinks, key=str):  # fixed lock order across transactions
@@ -145,3 +163,4 @@ class Outbox:
                 session.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL_UPLINK, "")))
         self.downlinks.clear()
         self.uplinks.clear()
+        return touched

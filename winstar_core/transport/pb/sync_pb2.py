@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1awinstar/edge/v1/sync.proto\x12\x0fwinstar.edge.v1\"F\n\x0e\x45ntityTypeInfo\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x16\n\x0eschema_version\x18\x02 \x01(\r\x12\x0e\n\x06plugin\x18\x03 \x01(\t\"\xb6\x01\n\x05Hello\x12\x13\n\x0brouting_key\x18\x01 \x01(\t\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12\x35\n\x0c\x65ntity_types\x18\x04 \x03(\x0b\x32\x1f.winstar.edge.v1.EntityTypeInfo\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\r\x12\x1c\n\x14\x61pplied_downlink_seq\x18\x06 \x01(\x04\"\xaf\x01\n\x0b\x45ntityState\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x16\n\x0eschema_version\x18\x07 \x01(\r\x12\x0f\n\x07payload\x18\x08 \x01(\x0c\x12\x16\n\x0eorigin_edge_id\x18\t \x01(\t\"5\n\nMembership\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\"u\n\x08UserInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x11\n\tauthority\x18\x03 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x04 \x01(\t\x12\x13\n\x0bpermissions\x18\x05 \x03(\t\x12\x11\n\ttenant_id\x18\x06 \x01(\t\"y\n\nEdgeConfig\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12\x13\n\x0btenant_name\x18\x04 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x05 \x01(\t\x12\x0f\n\x07\x65\x64ition\x18\x06 \x01(\t\"i\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x11\n\tentity_id\x18\x04 \x01(\t\x12\x0c\n\x04\x62ody\x18\x05 \x01(\x0c\x12\x14\n\x0c\x63reated_time\x18\x06 \x01(\x03\"4\n\nEventBatch\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.winstar.edge.v1.Event\"5\n\x0b\x45ventResult\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"N\n\x08\x42\x61tchAck\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.winstar.edge.v1.EventResult\x12\x13\n\x0b\x61pplied_seq\x18\x02 \x01(\x04\"\r\n\x0bSyncRequest\"\xd6\x01\n\x0b\x45\x64geMessage\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.winstar.edge.v1.HelloH\x00\x12.\n\x07uplinks\x18\x02 \x01(\x0b\x32\x1b.winstar.edge.v1.EventBatchH\x00\x12\x31\n\x0c\x64ownlink_ack\x18\x03 \x01(\x0b\x32\x19.winstar.edge.v1.BatchAckH\x00\x12\x34\n\x0csync_request\x18\x04 \x01(\x0b\x32\x1c.winstar.edge.v1.SyncRequestH\x00\x42\x05\n\x03msg\"\xe6\x01\n\x07Welcome\x12)\n\x04\x65\x64ge\x18\x01 \x01(\x0b\x32\x1b.winstar.edge.v1.EdgeConfig\x12(\n\x05users\x18\x02 \x03(\x0b\x32\x19.winstar.edge.v1.UserInfo\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\r\x12\x1a\n\x12\x61pplied_uplink_seq\x18\x04 \x01(\x04\x12\x18\n\x10protocol_version\x18\x05 \x01(\r\x12\x35\n\x0c\x65ntity_types\x18\x06 \x03(\x0b\x32\x1f.winstar.edge.v1.EntityTypeInfo\"%\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xce\x01\n\x0c\x43loudMessage\x12+\n\x07welcome\x18\x01 \x01(\x0b\x32\x18.winstar.edge.v1.WelcomeH\x00\x12\x30\n\tdownlinks\x18\x02 \x01(\x0b\x32\x1b.winstar.edge.v1.EventBatchH\x00\x12/\n\nuplink_ack\x18\x03 \x01(\x0b\x32\x19.winstar.edge.v1.BatchAckH\x00\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.winstar.edge.v1.ErrorH\x00\x42\x05\n\x03msg2V\n\x08\x45\x64geSync\x12J\n\x07\x43onnect\x12\x1c.winstar.edge.v1.EdgeMessage\x1a\x1d.winstar.edge.v1.CloudMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1awinstar/edge/v1/sync.proto\x12\x0fwinstar.edge.v1\"F\n\x0e\x45ntityTypeInfo\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x16\n\x0eschema_version\x18\x02 \x01(\r\x12\x0e\n\x06plugin\x18\x03 \x01(\t\"\xb6\x01\n\x05Hello\x12\x13\n\x0brouting_key\x18\x01 \x01(\t\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12\x35\n\x0c\x65ntity_types\x18\x04 \x03(\x0b\x32\x1f.winstar.edge.v1.EntityTypeInfo\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\r\x12\x1c\n\x14\x61pplied_downlink_seq\x18\x06 \x01(\x04\"\xaf\x01\n\x0b\x45ntityState\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x16\n\x0eschema_version\x18\x07 \x01(\r\x12\x0f\n\x07payload\x18\x08 \x01(\x0c\x12\x16\n\x0eorigin_edge_id\x18\t \x01(\t\"5\n\nMembership\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\"u\n\x08UserInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x11\n\tauthority\x18\x03 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x04 \x01(\t\x12\x13\n\x0bpermissions\x18\x05 \x03(\t\x12\x11\n\ttenant_id\x18\x06 \x01(\t\"\x1d\n\x07SyncEnd\x12\x12\n\nentity_ids\x18\x01 \x03(\t\"y\n\nEdgeConfig\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12\x13\n\x0btenant_name\x18\x04 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x05 \x01(\t\x12\x0f\n\x07\x65\x64ition\x18\x06 \x01(\t\"i\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x11\n\tentity_id\x18\x04 \x01(\t\x12\x0c\n\x04\x62ody\x18\x05 \x01(\x0c\x12\x14\n\x0c\x63reated_time\x18\x06 \x01(\x03\"4\n\nEventBatch\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.winstar.edge.v1.Event\"5\n\x0b\x45ventResult\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"N\n\x08\x42\x61tchAck\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.winstar.edge.v1.EventResult\x12\x13\n\x0b\x61pplied_seq\x18\x02 \x01(\x04\"\r\n\x0bSyncRequest\"\xd6\x01\n\x0b\x45\x64geMessage\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.winstar.edge.v1.HelloH\x00\x12.\n\x07uplinks\x18\x02 \x01(\x0b\x32\x1b.winstar.edge.v1.EventBatchH\x00\x12\x31\n\x0c\x64ownlink_ack\x18\x03 \x01(\x0b\x32\x19.winstar.edge.v1.BatchAckH\x00\x12\x34\n\x0csync_request\x18\x04 \x01(\x0b\x32\x1c.winstar.edge.v1.SyncRequestH\x00\x42\x05\n\x03msg\"\xe6\x01\n\x07Welcome\x12)\n\x04\x65\x64ge\x18\x01 \x01(\x0b\x32\x1b.winstar.edge.v1.EdgeConfig\x12(\n\x05users\x18\x02 \x03(\x0b\x32\x19.winstar.edge.v1.UserInfo\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\r\x12\x1a\n\x12\x61pplied_uplink_seq\x18\x04 \x01(\x04\x12\x18\n\x10protocol_version\x18\x05 \x01(\r\x12\x35\n\x0c\x65ntity_types\x18\x06 \x03(\x0b\x32\x1f.winstar.edge.v1.EntityTypeInfo\"%\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xce\x01\n\x0c\x43loudMessage\x12+\n\x07welcome\x18\x01 \x01(\x0b\x32\x18.winstar.edge.v1.WelcomeH\x00\x12\x30\n\tdownlinks\x18\x02 \x01(\x0b\x32\x1b.winstar.edge.v1.EventBatchH\x00\x12/\n\nuplink_ack\x18\x03 \x01(\x0b\x32\x19.winstar.edge.v1.BatchAckH\x00\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.winstar.edge.v1.ErrorH\x00\x42\x05\n\x03msg2V\n\x08\x45\x64geSync\x12J\n\x07\x43onnect\x12\x1c.winstar.edge.v1.EdgeMessage\x1a\x1d.winstar.edge.v1.CloudMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,26 +41,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEMBERSHIP']._serialized_end=535
   _globals['_USERINFO']._serialized_start=537
   _globals['_USERINFO']._serialized_end=654
-  _globals['_EDGECONFIG']._serialized_start=656
-  _globals['_EDGECONFIG']._serialized_end=777
-  _globals['_EVENT']._serialized_start=779
-  _globals['_EVENT']._serialized_end=884
-  _globals['_EVENTBATCH']._serialized_start=886
-  _globals['_EVENTBATCH']._serialized_end=938
-  _globals['_EVENTRESULT']._serialized_start=940
-  _globals['_EVENTRESULT']._serialized_end=993
-  _globals['_BATCHACK']._serialized_start=995
-  _globals['_BATCHACK']._serialized_end=1073
-  _globals['_SYNCREQUEST']._serialized_start=1075
-  _globals['_SYNCREQUEST']._serialized_end=1088
-  _globals['_EDGEMESSAGE']._serialized_start=1091
-  _globals['_EDGEMESSAGE']._serialized_end=1305
-  _globals['_WELCOME']._serialized_start=1308
-  _globals['_WELCOME']._serialized_end=1538
-  _globals['_ERROR']._serialized_start=1540
-  _globals['_ERROR']._serialized_end=1577
-  _globals['_CLOUDMESSAGE']._serialized_start=1580
-  _globals['_CLOUDMESSAGE']._serialized_end=1786
-  _globals['_EDGESYNC']._serialized_start=1788
-  _globals['_EDGESYNC']._serialized_end=1874
+  _globals['_SYNCEND']._serialized_start=656
+  _globals['_SYNCEND']._serialized_end=685
+  _globals['_EDGECONFIG']._serialized_start=687
+  _globals['_EDGECONFIG']._serialized_end=808
+  _globals['_EVENT']._serialized_start=810
+  _globals['_EVENT']._serialized_end=915
+  _globals['_EVENTBATCH']._serialized_start=917
+  _globals['_EVENTBATCH']._serialized_end=969
+  _globals['_EVENTRESULT']._serialized_start=971
+  _globals['_EVENTRESULT']._serialized_end=1024
+  _globals['_BATCHACK']._serialized_start=1026
+  _globals['_BATCHACK']._serialized_end=1104
+  _globals['_SYNCREQUEST']._serialized_start=1106
+  _globals['_SYNCREQUEST']._serialized_end=1119
+  _globals['_EDGEMESSAGE']._serialized_start=1122
+  _globals['_EDGEMESSAGE']._serialized_end=1336
+  _globals['_WELCOME']._serialized_start=1339
+  _globals['_WELCOME']._serialized_end=1569
+  _globals['_ERROR']._serialized_start=1571
+  _globals['_ERROR']._serialized_end=1608
+  _globals['_CLOUDMESSAGE']._serialized_start=1611
+  _globals['_CLOUDMESSAGE']._serialized_end=1817
+  _globals['_EDGESYNC']._serialized_start=1819
+  _globals['_EDGESYNC']._serialized_end=1905
 # @@protoc_insertion_point(module_scope)

@@ -78,6 +78,12 @@ class UserInfo(_message.Message):
     tenant_id: str
     def __init__(self, id: _Optional[str] = ..., email: _Optional[str] = ..., authority: _Optional[str] = ..., customer_id: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ..., tenant_id: _Optional[str] = ...) -> None: ...
 
+class SyncEnd(_message.Message):
+    __slots__ = ("entity_ids",)
+    ENTITY_IDS_FIELD_NUMBER: _ClassVar[int]
+    entity_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, entity_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class EdgeConfig(_message.Message):
     __slots__ = ("edge_id", "name", "tenant_id", "tenant_name", "customer_id", "edition")
     EDGE_ID_FIELD_NUMBER: _ClassVar[int]

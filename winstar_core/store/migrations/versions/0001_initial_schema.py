@@ -60,6 +60,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("stream", name=op.f("pk_stream_counter")),
     )
     op.create_table(
+        "stream_failure",
+        sa.Column("stream", sa.String(length=64), nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=False),
+        sa.Column("created_time", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("stream", "seq", name=op.f("pk_stream_failure")),
+    )
+    op.create_table(
         "stream_mark",
         sa.Column("stream", sa.String(length=64), nullable=False),
         sa.Column("applied_seq", sa.BigInteger(), nullable=False),
@@ -278,6 +286,7 @@ def downgrade() -> None:
     op.drop_table("customer")
     op.drop_table("tenant")
     op.drop_table("stream_mark")
+    op.drop_table("stream_failure")
     op.drop_table("stream_counter")
     op.drop_table("node_config")
     with op.batch_alter_table("cloud_event", schema=None) as batch_op:

@@ -1,0 +1,103 @@
+"""`winstar run`: serve edges (cloud) or keep the link to the cloud (edge)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import click
+
+from winstar_core.cli.api import current_node, db_option
+from winstar_core.errors import WinstarError
+from winstar_core.node import CLOUD, Node
+
+
+def _read(path: str | None, what: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise WinstarError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+@click.command("run")
+@click.option(
+    "--listen",
+    "listen_addr",
+    default="127.0.0.1:7070",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="cloud: where to serve the edges",
+)
+@click.option(
+    "--tls-cert", type=click.Path(dir_okay=False), help="cloud: PEM certificate chain (enables TLS)"
+)
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="cloud: PEM private key")
+@click.option(
+    "--ca", type=click.Path(dir_okay=False), help="edge: PEM CA certificate to verify the cloud (TLS)"
+)
+@click.option("--cloud", "cloud_addr", metavar="HOST:PORT", help="edge: override the cloud's address")
+@click.option("-v", "--verbose", is_flag=True, help="log every connection event")
+@db_option
+def run(
+    listen_addr: str,
+    tls_cert: str | None,
+    tls_key: str | None,
+    ca: str | None,
+    cloud_addr: str | None,
+    verbose: bool,
+) -> None:
+    """Cloud: serve gRPC. Edge: connect, sync, reconnect forever. Stops cleanly on SIGINT/SIGTERM."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("winstar_core.transport.link").setLevel(
+        logging.WARNING if not verbose else logging.DEBUG
+    )
+    node = current_node()
+    role = node.role()
+    if role is None:
+        node.require(CLOUD)
+    if role == CLOUD:
+        if bool(tls_cert) != bool(tls_key):
+            raise WinstarError("--tls-cert and --tls-key go together")
+        asyncio.run(_run_cloud(node, listen_addr, _read(tls_cert, "certificate"), _read(tls_key, "key")))
+    else:
+        asyncio.run(_run_edge(node, cloud_addr, _read(ca, "CA certificate")))
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def _run_cloud(node: Node, listen_addr: str, cert: bytes | None, key: bytes | None) -> None:
+    from winstar_core.transport.server import CloudServer
+
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    server = CloudServer(node, listen_addr, tls_cert=cert, tls_key=key)
+    try:
+        port = await server.start()
+    except RuntimeError as exc:
+        raise WinstarError(f"cannot listen on {listen_addr}: {exc}") from None
+    click.echo(f"winstar cloud serving on {listen_addr.rsplit(':', 1)[0]}:{port}", err=True)
+    await stop.wait()
+    click.echo("stopping: finishing in-flight batches", err=True)
+    await server.stop(grace=5.0)
+
+
+async def _run_edge(node: Node, cloud_addr: str | None, ca: bytes | None) -> None:
+    from winstar_core.transport.client import EdgeClient
+
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    client = EdgeClient(node, cloud_addr, ca=ca)
+    click.echo(f"winstar edge connecting to {client.cloud_addr}", err=True)
+    await client.run(stop)
+    click.echo("stopped", err=True)

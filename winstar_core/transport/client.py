@@ -1,0 +1,254 @@
+"""The edge's side of the link: connect, sync, reconnect forever."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from contextlib import suppress
+from typing import Any
+
+import grpc
+
+from winstar_core.errors import WinstarError
+from winstar_core.node import Node, read_secret
+from winstar_core.services.common import get_config, set_config
+from winstar_core.services.edge import EdgeService
+from winstar_core.store.models import now_ms
+from winstar_core.store.outbox import DOWNLINK_MARK_STREAM, NOTIFY_CHANNEL_UPLINK
+from winstar_core.transport.common import CLIENT_OPTIONS, listen
+from winstar_core.transport.link import MAX_MESSAGE_BYTES, OutboxStream, Receiver, Sender
+from winstar_core.transport.pb import sync_pb2 as pb
+from winstar_core.transport.pb import sync_pb2_grpc as pb_grpc
+from winstar_core.transport.welcome import PROTOCOL_VERSION
+
+log = logging.getLogger(__name__)
+
+#: status codes after which the edge tries again (with backoff); others are reported and also
+#: retried, more slowly, since an operator may fix them (a secret, a certificate) while we wait
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+}
+HEARTBEAT_S = 5.0
+BACKOFF_START_S = 0.5
+BACKOFF_CAP_S = 30.0
+BACKOFF_CAP_REFUSED_S = 60.0
+
+
+class CloudError(Exception):
+    """The cloud ended the link with an application error."""
+
+
+class EdgeClient:
+    def __init__(
+        self,
+        node: Node,
+        cloud_addr: str | None = None,
+        *,
+        ca: bytes | None = None,
+        batch_size: int = 500,
+        max_in_flight: int = 4,
+    ) -> None:
+        node.require("edge", "winstar run (edge)")
+        self.node = node
+        with node.db.begin() as s:
+            self.cloud_addr = cloud_addr or get_config(s, "cloud")
+            self.routing_key = get_config(s, "routing_key")
+            self.secret_file = get_config(s, "secret_file")
+            ca_file = get_config(s, "ca_file")
+        if ca is None and ca_file:
+            try:
+                with open(ca_file, "rb") as fh:
+                    ca = fh.read()
+            except OSError as exc:
+                raise WinstarError(f"cannot read the CA certificate {ca_file}: {exc.strerror}") from None
+        self.ca = ca
+        self.batch_size = batch_size
+        self.max_in_flight = max_in_flight
+        self.poll_interval = 2.0 if node.db.is_postgres else 0.05
+        self.connected = asyncio.Event()
+        self.sessions = 0
+        self._sender: Sender | None = None
+
+    # -- state shown by `winstar status` -----------------------------------------------------------
+
+    def _set_state(self, *, connected: bool, error: str | None) -> None:
+        with self.node.db.begin() as s:
+            set_config(s, "connected", connected)
+            set_config(s, "last_error", error)
+            set_config(s, "link_heartbeat", now_ms())
+
+    def _heartbeat(self) -> None:
+        with self.node.db.begin() as s:
+            set_config(s, "link_heartbeat", now_ms())
+
+    # -- run ---------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = BACKOFF_START_S
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            started = loop.time()
+            error: str | None = None
+            cap = BACKOFF_CAP_S
+            try:
+                await self._session(stop)
+            except grpc.aio.AioRpcError as exc:
+                error = f"{exc.code().name}: {exc.details()}"
+                if exc.code() not in RETRYABLE:
+                    cap = BACKOFF_CAP_REFUSED_S
+            except CloudError as exc:
+                error = str(exc)
+            except WinstarError as exc:
+                error = str(exc)
+                cap = BACKOFF_CAP_REFUSED_S
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database or a bug: report, back off, try again
+                log.exception("edge link failed")
+                error = f"{type(exc).__name__}: {exc}"
+            self.connected.clear()
+            with suppress(Exception):
+                await asyncio.to_thread(self._set_state, connected=False, error=error)
+            if stop.is_set():
+                break
+            if loop.time() - started > 30:
+                backoff = BACKOFF_START_S  # the link was up for a while: start again from short waits
+            delay = random.uniform(backoff / 2, backoff)  # jittered exponential backoff
+            backoff = min(backoff * 2, cap)
+            log.info("link down (%s); reconnecting in %.1fs", error, delay)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    def _channel(self) -> grpc.aio.Channel:
+        if self.ca is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates=self.ca)
+            return grpc.aio.secure_channel(self.cloud_addr, creds, options=CLIENT_OPTIONS)
+        return grpc.aio.insecure_channel(self.cloud_addr, options=CLIENT_OPTIONS)
+
+    def _hello(self, receiver: Receiver) -> pb.Hello:
+        types = self.node.platform.types
+        return pb.Hello(
+            routing_key=self.routing_key,
+            secret=read_secret(self.secret_file),
+            protocol_version=PROTOCOL_VERSION,
+            entity_types=[
+                pb.EntityTypeInfo(type=t.name, schema_version=t.schema_version, plugin=types.owner(t.name))
+                for t in types
+            ],
+            max_message_bytes=MAX_MESSAGE_BYTES,
+            applied_downlink_seq=receiver.mark(),
+        )
+
+    def _on_welcome(self, welcome: pb.Welcome) -> None:
+        with self.node.edge() as edge:
+            edge.apply_config(welcome.edge, welcome.users)
+            set_config(edge.session, "connected", True)
+            set_config(edge.session, "last_error", None)
+            set_config(edge.session, "link_heartbeat", now_ms())
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        platform = self.node.platform
+        receiver = Receiver(
+            self.node.db,
+            DOWNLINK_MARK_STREAM,
+            lambda s: EdgeService(s, platform),
+            lambda svc, ev: svc.apply_downlink(ev),
+        )
+        hello = await asyncio.to_thread(self._hello, receiver)
+        async with self._channel() as channel:
+            call = pb_grpc.EdgeSyncStub(channel).Connect()
+            await call.write(pb.EdgeMessage(hello=hello))
+            first = await call.read()
+            if first is grpc.aio.EOF:
+                await call  # raises the status the cloud closed with
+                raise CloudError("the cloud closed the link without a welcome")
+            if first.WhichOneof("msg") == "error":
+                raise CloudError(f"{first.error.code}: {first.error.reason}")
+            if first.WhichOneof("msg") != "welcome":
+                raise CloudError("the cloud's first message was not a welcome")
+            welcome = first.welcome
+            await asyncio.to_thread(self._on_welcome, welcome)
+            limit = min(welcome.max_message_bytes or MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES)
+            out: asyncio.Queue[pb.EdgeMessage] = asyncio.Queue(maxsize=64)
+
+            async def send_uplinks(events: list[pb.Event]) -> None:
+                await out.put(pb.EdgeMessage(uplinks=pb.EventBatch(events=events)))
+
+            sender = Sender(
+                OutboxStream(self.node.db),
+                send_uplinks,
+                batch_size=self.batch_size,
+                max_in_flight=self.max_in_flight,
+                poll_interval=self.poll_interval,
+                max_bytes=limit // 2,
+            )
+            self._sender = sender
+            self.sessions += 1
+            self.connected.set()
+            log.info("connected to %s as edge %s", self.cloud_addr, welcome.edge.name)
+
+            async def writer() -> None:
+                while True:
+                    await call.write(await out.get())
+
+            async def reader() -> None:
+                while True:
+                    msg = await call.read()
+                    if msg is grpc.aio.EOF:
+                        await call
+                        return
+                    kind = msg.WhichOneof("msg")
+                    if kind == "downlinks":
+                        ack, _ = await asyncio.to_thread(receiver.apply_batch, list(msg.downlinks.events))
+                        await out.put(pb.EdgeMessage(downlink_ack=ack))
+                    elif kind == "uplink_ack":
+                        await sender.on_ack(msg.uplink_ack)
+                    elif kind == "error":
+                        raise CloudError(f"{msg.error.code}: {msg.error.reason}")
+
+            async def heartbeat() -> None:
+                while True:
+                    await asyncio.sleep(HEARTBEAT_S)
+                    await asyncio.to_thread(self._heartbeat)
+
+            tasks: list[asyncio.Task[Any]] = [
+                asyncio.create_task(writer(), name="writer"),
+                asyncio.create_task(reader(), name="reader"),
+                asyncio.create_task(sender.run(), name="sender"),
+                asyncio.create_task(heartbeat(), name="heartbeat"),
+                asyncio.create_task(stop.wait(), name="stop"),
+            ]
+            if self.node.db.is_postgres:
+                tasks.append(
+                    asyncio.create_task(
+                        listen(self.node.db, NOTIFY_CHANNEL_UPLINK, lambda _p: sender.wake(), stop)
+                    )
+                )
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with suppress(BaseException):
+                        await task
+                self._sender = None
+                call.cancel()
+            for task in done:
+                if task.get_name() == "stop":
+                    return
+                exc = task.exception()
+                if exc is not None:
+                    raise exc
+            raise CloudError("the cloud closed the link")
+
+    def wake(self) -> None:
+        if self._sender is not None:
+            self._sender.wake()

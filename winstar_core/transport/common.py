@@ -1,0 +1,78 @@
+"""gRPC options and helpers shared by the cloud server and the edge client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from winstar_core.store.db import Database
+from winstar_core.transport.link import MAX_MESSAGE_BYTES
+
+log = logging.getLogger(__name__)
+
+#: Keepalive, written out. A link that silently drops packets (no FIN, no RST: a stale NAT entry,
+#: a cellular link gone quiet) shows no error to TCP for many minutes; HTTP/2 pings find it.
+#: Each side pings after 20 s without traffic and drops the connection if no answer comes within
+#: 10 s, so both notice a dead link within about 30 s (well under a minute).
+KEEPALIVE_TIME_MS = 20_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+
+COMMON_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    # ping even when no RPC is active, and without a data frame in between
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    *COMMON_OPTIONS,
+    # accept the edges' pings every 10 s; gRPC's default (5 min) would answer them with GOAWAY
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
+
+CLIENT_OPTIONS: list[tuple[str, int]] = [
+    *COMMON_OPTIONS,
+    # reconnection is ours (jittered backoff in EdgeClient), not the channel's
+    ("grpc.enable_retries", 0),
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+]
+
+
+def libpq_url(db: Database) -> str:
+    url = db.engine.url.set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+async def listen(db: Database, channel: str, on_notify: Callable[[str], None], stop: asyncio.Event) -> None:
+    """LISTEN on a dedicated PostgreSQL connection and call ``on_notify(payload)``; reconnects
+    after errors. Callers keep a polling fallback, so a lost notification only costs latency."""
+    import psycopg
+
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            async with await psycopg.AsyncConnection.connect(libpq_url(db), autocommit=True) as conn:
+                await conn.execute(sa.text(f"LISTEN {channel}").text)
+                delay = 0.5
+                on_notify("*")  # anything committed while we were not listening
+                async for note in conn.notifies():
+                    on_notify(note.payload)
+                    if stop.is_set():
+                        return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the database restarts: keep polling, listen again later
+            log.warning("LISTEN %s failed (%s); retrying in %.1fs", channel, exc, delay)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, 10.0)

@@ -240,8 +240,9 @@ class EdgeService:
             if event.action == MEMBER_REMOVED:
                 if row is not None:
                     self.session.delete(row)
-            elif (
-                row is None and self.session.get(Entity, member_id) and self.session.get(Entity, container_id)
+            elif row is None and None not in (
+                self.session.get(Entity, member_id),
+                self.session.get(Entity, container_id),
             ):
                 self.session.add(
                     EntityMember(container_id=container_id, member_id=member_id, created_time=now_ms())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -71,8 +72,6 @@ async def listen(db: Database, channel: str, on_notify: Callable[[str], None], s
             raise
         except Exception as exc:  # the database restarts: keep polling, listen again later
             log.warning("LISTEN %s failed (%s); retrying in %.1fs", channel, exc, delay)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
-            except TimeoutError:
-                pass
             delay = min(delay * 2, 10.0)

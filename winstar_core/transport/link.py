@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -168,10 +169,8 @@ class Sender:
                 self._in_flight.append(cursor)
                 self.sent += len(events)
                 await self.send(events)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
-            except TimeoutError:
-                pass
 
     async def on_ack(self, ack: pb.BatchAck) -> None:
         await asyncio.to_thread(self.stream.acknowledge, list(ack.results))
@@ -192,10 +191,7 @@ class _Rejected(Exception):
 
 
 def reason(exc: BaseException) -> str:
-    if isinstance(exc, sa.exc.IntegrityError):
-        text = str(exc.orig)
-    else:
-        text = str(exc) or type(exc).__name__
+    text = str(exc.orig) if isinstance(exc, sa.exc.IntegrityError) else str(exc) or type(exc).__name__
     return text.strip().splitlines()[0][:1000] if text.strip() else type(exc).__name__
 
 

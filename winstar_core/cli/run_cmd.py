@@ -32,15 +32,27 @@ def _read(path: str | None, what: str) -> bytes | None:
     metavar="HOST:PORT",
     help="cloud: where to serve the edges",
 )
-@click.option(
-    "--tls-cert", type=click.Path(dir_okay=False), help="cloud: PEM certificate chain (enables TLS)"
-)
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="cloud: PEM certificate chain (enables TLS)")
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="cloud: PEM private key")
-@click.option(
-    "--ca", type=click.Path(dir_okay=False), help="edge: PEM CA certificate to verify the cloud (TLS)"
-)
+@click.option("--ca", type=click.Path(dir_okay=False), help="edge: PEM CA certificate to verify the cloud")
 @click.option("--cloud", "cloud_addr", metavar="HOST:PORT", help="edge: override the cloud's address")
 @click.option("-v", "--verbose", is_flag=True, help="log every connection event")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 10_000),
+    default=500,
+    show_default=True,
+    envvar="WINSTAR_BATCH_SIZE",
+    help="events per batch",
+)
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    envvar="WINSTAR_MAX_IN_FLIGHT",
+    help="batches sent before the first is acknowledged",
+)
 @db_option
 def run(
     listen_addr: str,
@@ -49,14 +61,13 @@ def run(
     ca: str | None,
     cloud_addr: str | None,
     verbose: bool,
+    batch_size: int,
+    max_in_flight: int,
 ) -> None:
     """Cloud: serve gRPC. Edge: connect, sync, reconnect forever. Stops cleanly on SIGINT/SIGTERM."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("winstar_core.transport.link").setLevel(
-        logging.WARNING if not verbose else logging.DEBUG
     )
     node = current_node()
     role = node.role()
@@ -65,9 +76,10 @@ def run(
     if role == CLOUD:
         if bool(tls_cert) != bool(tls_key):
             raise WinstarError("--tls-cert and --tls-key go together")
-        asyncio.run(_run_cloud(node, listen_addr, _read(tls_cert, "certificate"), _read(tls_key, "key")))
+        tls = (_read(tls_cert, "certificate"), _read(tls_key, "key"))
+        asyncio.run(_run_cloud(node, listen_addr, tls, batch_size, max_in_flight))
     else:
-        asyncio.run(_run_edge(node, cloud_addr, _read(ca, "CA certificate")))
+        asyncio.run(_run_edge(node, cloud_addr, _read(ca, "CA certificate"), batch_size, max_in_flight))
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
@@ -76,12 +88,16 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def _run_cloud(node: Node, listen_addr: str, cert: bytes | None, key: bytes | None) -> None:
+async def _run_cloud(
+    node: Node, listen_addr: str, tls: tuple[bytes | None, bytes | None], batch_size: int, max_in_flight: int
+) -> None:
     from winstar_core.transport.server import CloudServer
 
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    server = CloudServer(node, listen_addr, tls_cert=cert, tls_key=key)
+    server = CloudServer(
+        node, listen_addr, tls_cert=tls[0], tls_key=tls[1], batch_size=batch_size, max_in_flight=max_in_flight
+    )
     try:
         port = await server.start()
     except RuntimeError as exc:
@@ -92,12 +108,14 @@ async def _run_cloud(node: Node, listen_addr: str, cert: bytes | None, key: byte
     await server.stop(grace=5.0)
 
 
-async def _run_edge(node: Node, cloud_addr: str | None, ca: bytes | None) -> None:
+async def _run_edge(
+    node: Node, cloud_addr: str | None, ca: bytes | None, batch_size: int, max_in_flight: int
+) -> None:
     from winstar_core.transport.client import EdgeClient
 
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    client = EdgeClient(node, cloud_addr, ca=ca)
+    client = EdgeClient(node, cloud_addr, ca=ca, batch_size=batch_size, max_in_flight=max_in_flight)
     click.echo(f"winstar edge connecting to {client.cloud_addr}", err=True)
     await client.run(stop)
     click.echo("stopped", err=True)

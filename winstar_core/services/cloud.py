@@ -80,6 +80,8 @@ class CloudService:
         self.types = platform.types
         self.entities = EntityStore(session, self.types)
         self.outbox = Outbox()
+        #: (edge, entity) whose ADDED event is not sent back to the edge that just created it
+        self._no_echo: tuple[uuid.UUID, uuid.UUID] | None = None
 
     @property
     def edition(self) -> str:
@@ -422,6 +424,8 @@ class CloudService:
             self.entities.by_ids(ids).values(), key=lambda e: (self.types.rank(e.type), e.type, e.name)
         )
         for e in entities:
+            if self._no_echo == (edge_id, e.id):
+                continue
             body = entity_state(e, self.types).SerializeToString()
             self.outbox.downlink(edge_id, OutboxEvent(e.tenant_id, e.type, ADDED, e.id, body))
 
@@ -596,9 +600,16 @@ class CloudService:
             origin_edge_id=edge.id,
             validated=True,
         )
-        self.platform.hook.winstar_edge_entity_created(
-            cloud=self, edge=edge, entity=entity, edition=self.edition
-        )
+        self._no_echo = (edge.id, entity.id)  # the edge has it already...
+        try:
+            self.platform.hook.winstar_edge_entity_created(
+                cloud=self, edge=edge, entity=entity, edition=self.edition
+            )
+        finally:
+            self._no_echo = None
+        if name != state.name:  # ...unless the cloud had to rename it: tell the edge
+            body = entity_state(entity, self.types).SerializeToString()
+            self.outbox.downlink(edge.id, OutboxEvent(entity.tenant_id, entity.type, UPDATED, entity.id, body))
 
     # ---------------------------------------------------------------------------------------------
     # Sync Edge

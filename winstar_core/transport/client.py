@@ -45,6 +45,15 @@ class CloudError(Exception):
     """The cloud ended the link with an application error."""
 
 
+async def _closed(call: Any) -> CloudError:
+    """Why the cloud ended the stream."""
+    code = await call.code()
+    details = await call.details()
+    if code == grpc.StatusCode.OK:
+        return CloudError("the cloud closed the link")
+    return CloudError(f"{code.name}: {details}")
+
+
 class EdgeClient:
     def __init__(
         self,
@@ -167,8 +176,7 @@ class EdgeClient:
             await call.write(pb.EdgeMessage(hello=hello))
             first = await call.read()
             if first is grpc.aio.EOF:
-                await call  # raises the status the cloud closed with
-                raise CloudError("the cloud closed the link without a welcome")
+                raise await _closed(call)
             if first.WhichOneof("msg") == "error":
                 raise CloudError(f"{first.error.code}: {first.error.reason}")
             if first.WhichOneof("msg") != "welcome":
@@ -202,8 +210,7 @@ class EdgeClient:
                 while True:
                     msg = await call.read()
                     if msg is grpc.aio.EOF:
-                        await call
-                        return
+                        raise await _closed(call)
                     kind = msg.WhichOneof("msg")
                     if kind == "downlinks":
                         ack, _ = await asyncio.to_thread(receiver.apply_batch, list(msg.downlinks.events))

@@ -20,7 +20,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = ""
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -35,7 +37,10 @@ def winstar(db: str, *args: str, check: bool = True, env: dict[str, str] | None 
     """Run one CLI command in its own process; returns the parsed JSON when --json is given."""
     out = subprocess.run(
         [sys.executable, "-m", "winstar_core", "--db", db, *args],
-        capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
     )
     if check and out.returncode != 0:
         raise AssertionError(f"winstar {' '.join(args)} failed ({out.returncode}): {out.stderr}")
@@ -55,7 +60,9 @@ class Proc:
         fh = open(self.log, "ab")
         self.p = subprocess.Popen(
             [sys.executable, "-m", "winstar_core", "--db", self.db, "run", *self.args],
-            stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(self.env or {})},
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(self.env or {})},
         )
         fh.close()
         return self

@@ -4,9 +4,9 @@ exactly once and none stays pending. Cloud on PostgreSQL and SQLite, edge on SQL
 from __future__ import annotations
 
 import sqlalchemy as sa
-
 from procs import wait_until
 from test_e2e import _tenant, pe_world, world  # noqa: F401 - fixtures
+
 from winstar_core.store.models import Entity, StreamMark
 
 N = 3000
@@ -15,7 +15,9 @@ SLOW = ("--batch-size", "50", "--max-in-flight", "2")  # a drain that lasts long
 
 def _count(node, type_name):
     with node.db.read() as conn:
-        return int(conn.scalar(sa.select(sa.func.count()).select_from(Entity).where(Entity.type == type_name)))
+        return int(
+            conn.scalar(sa.select(sa.func.count()).select_from(Entity).where(Entity.type == type_name))
+        )
 
 
 def test_cloud_killed_mid_drain_then_restarted(world):
@@ -30,7 +32,9 @@ def test_cloud_killed_mid_drain_then_restarted(world):
             c.assign(edge, c.create_entity("asset", f"a{i:05}", t))
 
     w.cloud_do(bulk)
-    w.cloud_do(lambda c: [c.update_entity(e, data={"label": "v2"}) for e in c.entities.list_entities("asset")[:500]])
+    w.cloud_do(
+        lambda c: [c.update_entity(e, data={"label": "v2"}) for e in c.entities.list_entities("asset")[:500]]
+    )
     wait_until(lambda: _count(w.edge, "asset") > 200, what="the drain to start")
     w.cloud_proc.kill()
     at_kill = _count(w.edge, "asset")
@@ -70,7 +74,9 @@ def test_edge_killed_mid_drain_then_restarted(world):
         assert {d.version for d in c.entities.list_entities("device")} == {1}
         assert len(c.effective_entities(c.find_edge("Plant 7"))) == N
     with w.cloud.db.read() as conn:  # the cloud's mark of the edge's stream reached its last event
-        mark = conn.scalar(sa.select(StreamMark.applied_seq).where(StreamMark.stream == f"uplink:{w.edge_id}"))
+        mark = conn.scalar(
+            sa.select(StreamMark.applied_seq).where(StreamMark.stream == f"uplink:{w.edge_id}")
+        )
     assert mark == N
     _assert_converged(w)
 

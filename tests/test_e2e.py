@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-
 from procs import Proc, free_port, wait_until, winstar
+
 from winstar_core.node import Node
 from winstar_core.services.common import get_config
 from winstar_core.store.models import CloudEvent, EdgeEvent, Entity
@@ -33,7 +33,9 @@ class World:
     edge_proc: Proc | None = None
 
     def start_cloud(self, *extra: str) -> Proc:
-        self.cloud_proc = Proc(self.cloud.url, self.tmp / "cloud.log", "--listen", f"127.0.0.1:{self.port}", *extra)
+        self.cloud_proc = Proc(
+            self.cloud.url, self.tmp / "cloud.log", "--listen", f"127.0.0.1:{self.port}", *extra
+        )
         self.procs.append(self.cloud_proc.start())
         return self.cloud_proc
 
@@ -52,15 +54,26 @@ class World:
 
     def edge_entities(self) -> dict[uuid.UUID, tuple[str, str, int]]:
         with self.edge.db.read() as conn:
-            return {i: (t, n, v) for i, t, n, v in conn.execute(sa.select(Entity.id, Entity.type, Entity.name, Entity.version))}
+            return {
+                i: (t, n, v)
+                for i, t, n, v in conn.execute(sa.select(Entity.id, Entity.type, Entity.name, Entity.version))
+            }
 
     def cloud_pending(self) -> int:
         with self.cloud.db.read() as conn:
-            return int(conn.scalar(sa.select(sa.func.count()).select_from(EdgeEvent).where(EdgeEvent.status == "PENDING")))
+            return int(
+                conn.scalar(
+                    sa.select(sa.func.count()).select_from(EdgeEvent).where(EdgeEvent.status == "PENDING")
+                )
+            )
 
     def edge_pending(self) -> int:
         with self.edge.db.read() as conn:
-            return int(conn.scalar(sa.select(sa.func.count()).select_from(CloudEvent).where(CloudEvent.status == "PENDING")))
+            return int(
+                conn.scalar(
+                    sa.select(sa.func.count()).select_from(CloudEvent).where(CloudEvent.status == "PENDING")
+                )
+            )
 
     def cloud_do(self, fn: Any) -> Any:
         with self.cloud.cloud() as c:
@@ -122,7 +135,9 @@ def test_cloud_to_edge_flows_online(world):
     w.cloud_do(lambda c: c.assign(c.find_edge("Plant 7"), c.entities.find_entity("dashboard", "Overview")))
     wait_until(lambda: dash.id in edge_of(), what="the assigned dashboard on the edge (same id)")
 
-    w.cloud_do(lambda c: c.update_entity(c.entities.find_entity("dashboard", "Overview"), data={"title": "v2"}))
+    w.cloud_do(
+        lambda c: c.update_entity(c.entities.find_entity("dashboard", "Overview"), data={"title": "v2"})
+    )
     wait_until(lambda: edge_of().get(dash.id, (None, None, 0))[2] == 2, what="the update")
     with w.edge.edge() as e:
         assert e.entities.find_entity("dashboard", str(dash.id)).data["title"] == "v2"
@@ -137,10 +152,20 @@ def test_cloud_to_edge_flows_online(world):
     group = w.cloud_do(make_group)
     wait_until(lambda: {"Sensors", "s1"} <= {n for _, n, _ in edge_of().values()}, what="group and members")
     s2 = w.cloud_do(lambda c: c.create_entity("device", "s2", _tenant(c)))
-    w.cloud_do(lambda c: c.add_member(c.entities.find_entity("entity_group", "Sensors"), c.entities.find_entity("device", "s2")))
+    w.cloud_do(
+        lambda c: c.add_member(
+            c.entities.find_entity("entity_group", "Sensors"), c.entities.find_entity("device", "s2")
+        )
+    )
     wait_until(lambda: s2.id in edge_of(), what="a member added later")
-    w.cloud_do(lambda c: c.remove_member(c.entities.find_entity("entity_group", "Sensors"), c.entities.find_entity("device", "s1")))
-    wait_until(lambda: "s1" not in {n for _, n, _ in edge_of().values()}, what="a removed member leaves the edge")
+    w.cloud_do(
+        lambda c: c.remove_member(
+            c.entities.find_entity("entity_group", "Sensors"), c.entities.find_entity("device", "s1")
+        )
+    )
+    wait_until(
+        lambda: "s1" not in {n for _, n, _ in edge_of().values()}, what="a removed member leaves the edge"
+    )
 
     # unassign: gone, unless still assigned through the group
     w.cloud_do(lambda c: c.assign(c.find_edge("Plant 7"), c.entities.find_entity("device", "s2")))
@@ -202,7 +227,9 @@ def test_edge_created_devices_online_and_offline(world):
     pending = winstar(w.cloud.url, "edge", "downlinks", "Plant 7", "--status", "pending", "--json")
     assert [d["type"] for d in pending] == ["dashboard"]
     w.start_edge()
-    wait_until(lambda: "Late" in {n for _, n, _ in w.edge_entities().values()}, what="assignment made while offline")
+    wait_until(
+        lambda: "Late" in {n for _, n, _ in w.edge_entities().values()}, what="assignment made while offline"
+    )
 
 
 def test_pe_story_edge_all_group(pe_world):
@@ -217,7 +244,9 @@ def test_pe_story_edge_all_group(pe_world):
         groups = c.entities.list_entities("entity_group")
         assert [g.name for g in groups] == ["[Edge] Plant 7 All"]
         assert [m.name for m in c.members(groups[0])] == ["a", "b"]
-    wait_until(lambda: "[Edge] Plant 7 All" in {n for _, n, _ in w.edge_entities().values()}, what="group on edge")
+    wait_until(
+        lambda: "[Edge] Plant 7 All" in {n for _, n, _ in w.edge_entities().values()}, what="group on edge"
+    )
     members = winstar(w.edge.url, "group", "members", "[Edge] Plant 7 All", "--json")
     assert sorted(m["name"] for m in members) == ["a", "b"]
 
@@ -230,7 +259,9 @@ def test_name_collision_resolved_on_both_sides(world):
     w.wait_connected()
     made = winstar(w.edge.url, "entity", "create", "device", "pump", "--user", "admin@acme.io", "--json")
     dev_id = uuid.UUID(made["id"])
-    wait_until(lambda: w.edge_entities().get(dev_id, ("", "", 0))[1] == "pump (Plant 7)", what="the edge agrees")
+    wait_until(
+        lambda: w.edge_entities().get(dev_id, ("", "", 0))[1] == "pump (Plant 7)", what="the edge agrees"
+    )
     with w.cloud.cloud() as c:
         assert sorted(d.name for d in c.entities.list_entities("device")) == ["pump", "pump (Plant 7)"]
         assert c.entities.find_entity("device", str(dev_id)).name == "pump (Plant 7)"
@@ -270,8 +301,11 @@ def test_rejected_events_fail_with_reason_and_do_not_block(world):
 
     # a forged uplink (a dashboard is not creatable on an edge) is refused by the cloud, same way
     def forge(e):
-        d = e.entities.insert(type_name="dashboard", name="forged", tenant_id=e.tenant_id, data={}, origin_edge_id=e.edge_id)
+        d = e.entities.insert(
+            type_name="dashboard", name="forged", tenant_id=e.tenant_id, data={}, origin_edge_id=e.edge_id
+        )
         e._uplink(d, ADDED)
+
     with w.edge.edge() as e:
         forge(e)
     winstar(w.edge.url, "entity", "create", "device", "legit", "--user", "admin@acme.io")
@@ -300,7 +334,9 @@ def test_wrong_secret_is_refused_and_the_rightful_edge_stays(world):
     st = wait_until(refused, what="the impostor's status to say why it is refused")
     assert st["connected"] is False and "invalid routing key or secret" in st["error"]
     assert w.edge_connected()
-    made = winstar(w.edge.url, "entity", "create", "device", "still-fine", "--user", "admin@acme.io", "--json")
+    made = winstar(
+        w.edge.url, "entity", "create", "device", "still-fine", "--user", "admin@acme.io", "--json"
+    )
     wait_until(lambda: w.edge_pending() == 0, what="the rightful edge keeps syncing")
     with w.cloud.cloud() as c:
         assert c.entities.find_entity("device", made["id"]).name == "still-fine"

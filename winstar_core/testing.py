@@ -159,3 +159,43 @@ def seed_edge_from_cloud(cloud: Node, edge: Node, edge_name: str) -> None:
 @pytest.fixture
 def seed_edge() -> Callable[[Node, Node, str], None]:
     return seed_edge_from_cloud
+
+
+@pytest.fixture
+def link_runner() -> Iterator[Any]:
+    """A background event loop running in-process cloud servers and edge clients over loopback
+    gRPC (see :class:`winstar_core.transport.inprocess.LinkRunner`)."""
+    from winstar_core.transport.inprocess import LinkRunner
+
+    runner = LinkRunner()
+    yield runner
+    runner.close()
+
+
+@pytest.fixture
+def linked(cloud_node: Node, tmp_path: Any, platform: Platform, link_runner: Any) -> Iterator[Any]:
+    """A CE cloud (on ``db_url``) with tenant ``Acme``, user ``admin@acme.io`` and edge ``edge``,
+    serving in process, and that edge (SQLite) connected to it. Yields an object with ``cloud``,
+    ``edge`` (nodes), ``server``, ``client`` and ``runner``."""
+    import types
+
+    with cloud_node.cloud() as c:
+        t = c.create_tenant("Acme")
+        c.create_user("admin@acme.io", t, "TENANT_ADMIN")
+        edge, secret = c.create_edge("edge", t)
+    server = link_runner.start_cloud(cloud_node, 0)
+    edge_node = Node(f"sqlite:///{tmp_path / 'linked-edge.db'}", platform=platform)
+    edge_node.init_edge(f"127.0.0.1:{server.port}", edge.routing_key, secret)
+    handle = link_runner.start_edge(edge_node)
+    link_runner.wait_connected(handle)
+    yield types.SimpleNamespace(
+        cloud=cloud_node,
+        edge=edge_node,
+        server=server,
+        client=handle.client,
+        handle=handle,
+        runner=link_runner,
+    )
+    link_runner.stop_edge(handle)
+    link_runner.stop_cloud(server, grace=0.2)
+    edge_node.close()

@@ -32,7 +32,9 @@ def _read(path: str | None, what: str) -> bytes | None:
     metavar="HOST:PORT",
     help="cloud: where to serve the edges",
 )
-@click.option("--tls-cert", type=click.Path(dir_okay=False), help="cloud: PEM certificate chain (enables TLS)")
+@click.option(
+    "--tls-cert", type=click.Path(dir_okay=False), help="cloud: PEM certificate chain (enables TLS)"
+)
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="cloud: PEM private key")
 @click.option("--ca", type=click.Path(dir_okay=False), help="edge: PEM CA certificate to verify the cloud")
 @click.option("--cloud", "cloud_addr", metavar="HOST:PORT", help="edge: override the cloud's address")

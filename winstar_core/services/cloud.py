@@ -609,7 +609,9 @@ class CloudService:
             self._no_echo = None
         if name != state.name:  # ...unless the cloud had to rename it: tell the edge
             body = entity_state(entity, self.types).SerializeToString()
-            self.outbox.downlink(edge.id, OutboxEvent(entity.tenant_id, entity.type, UPDATED, entity.id, body))
+            self.outbox.downlink(
+                edge.id, OutboxEvent(entity.tenant_id, entity.type, UPDATED, entity.id, body)
+            )
 
     # ---------------------------------------------------------------------------------------------
     # Sync Edge

@@ -258,6 +258,8 @@ class EdgeService:
                 f"{state.type} payload has schema version {state.schema_version}, this edge knows "
                 f"{etype.schema_version}: upgrade the plugin on the edge"
             )
+        if self.tenant_id is not None and state.tenant_id != str(self.tenant_id):
+            raise PermissionDenied("this edge only holds entities of its own tenant")
         data = etype.deserialize(state.payload)
         entity_id = uuid.UUID(state.id)
         entity = self.session.get(Entity, entity_id)

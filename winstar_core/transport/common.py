@@ -24,9 +24,14 @@ KEEPALIVE_TIMEOUT_MS = 10_000
 COMMON_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    # current gRPC core waits for a ping's answer per this one (default 60 s), not keepalive_timeout
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     # ping even when no RPC is active, and without a data frame in between
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # and send them every keepalive period even on an idle link: gRPC's default spaces pings that
+    # see no data in between by 5 minutes, which would hide a dead idle link that long
+    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 ]
@@ -34,8 +39,7 @@ COMMON_OPTIONS: list[tuple[str, int]] = [
 SERVER_OPTIONS: list[tuple[str, int]] = [
     *COMMON_OPTIONS,
     # accept the edges' pings every 10 s; gRPC's default (5 min) would answer them with GOAWAY
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
 ]
 
 CLIENT_OPTIONS: list[tuple[str, int]] = [

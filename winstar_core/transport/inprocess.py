@@ -73,7 +73,7 @@ class LinkRunner:
             self.run(drain())
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
-        self.loop.close()
+        # the loop is left open: grpc objects collected later still schedule their shutdown on it
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 30, interval: float = 0.02) -> T:

@@ -1,0 +1,291 @@
+"""The delivery engine in detail, with an in-process cloud and edge over real loopback gRPC."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from marshmallow import Schema, fields
+from procs import wait_until
+
+from winstar_core import EntityType, hookimpl
+from winstar_core.node import Node
+from winstar_core.services.common import ADDED, entity_state
+from winstar_core.store.models import EdgeEvent, Entity
+from winstar_core.store.outbox import OutboxEvent
+from winstar_core.transport.link import Receiver
+from winstar_core.transport.pb import sync_pb2 as pb
+
+
+def _edge_names(node):
+    with node.db.read() as conn:
+        return set(conn.scalars(sa.select(Entity.name)))
+
+
+def test_linked_fixture_syncs_both_ways(linked):
+    with linked.cloud.cloud() as c:
+        c.assign(c.find_edge("edge"), c.create_entity("asset", "A", c.find_tenant("Acme")))
+    wait_until(lambda: "A" in _edge_names(linked.edge))
+    with linked.edge.edge() as e:
+        dev = e.create_entity("device", "D", None, user_email="admin@acme.io")
+    wait_until(lambda: _in_cloud(linked.cloud, dev.id))
+
+
+def _in_cloud(node, entity_id):
+    with node.db.read() as conn:
+        return conn.scalar(sa.select(Entity.id).where(Entity.id == entity_id)) is not None
+
+
+class _Counted(Schema):
+    n = fields.Integer(load_default=0)
+
+
+APPLIED: list[int] = []
+
+
+class CountedType(EntityType):
+    """Counts every time the receiver reads one of its payloads: an apply that ran twice shows."""
+
+    name = "counted"
+    schema = _Counted
+
+    @classmethod
+    def deserialize(cls, payload: bytes):
+        data = super().deserialize(payload)
+        APPLIED.append(data["n"])
+        return data
+
+
+class CountedPlugin:
+    @hookimpl
+    def winstar_register_entity_types(self, register):
+        register.add(CountedType)
+
+
+def test_a_batch_delivered_twice_takes_effect_once(make_platform, sqlite_url, tmp_path):
+    platform = make_platform(CountedPlugin())
+    edge = Node(sqlite_url, platform=platform)
+    edge.init_edge("127.0.0.1:1", "k", "s")
+    from winstar_core.services.edge import EdgeService
+
+    receiver = Receiver(
+        edge.db, "downlink", lambda s: EdgeService(s, platform), lambda svc, ev: svc.apply_downlink(ev)
+    )
+    tenant = uuid.uuid4()
+    with edge.edge() as e:
+        e.apply_config(
+            pb.EdgeConfig(edge_id=str(uuid.uuid4()), name="e", tenant_id=str(tenant), edition="ce"), []
+        )
+
+    def event(seq, n, payload=None):
+        state = pb.EntityState(
+            id=str(uuid.UUID(int=seq)),
+            type="counted",
+            name=f"c{seq}",
+            tenant_id=str(tenant),
+            version=1,
+            schema_version=1,
+            payload=payload or f'{{"n": {n}}}'.encode(),
+        )
+        return pb.Event(
+            seq=seq, type="counted", action=ADDED, entity_id=state.id, body=state.SerializeToString()
+        )
+
+    batch = [event(1, 1), event(2, 2, b'{"n": "not a number"}'), event(3, 3)]
+    APPLIED.clear()
+    first, _ = receiver.apply_batch(batch)
+    assert [(r.seq, r.ok) for r in first.results] == [(1, True), (2, False), (3, True)]
+    assert "invalid counted data" in first.results[1].error and first.applied_seq == 3
+    count_after_first = len(APPLIED)
+    again, _ = receiver.apply_batch(batch)  # the transport delivered it twice
+    assert [(r.seq, r.ok, r.error) for r in again.results] == [(r.seq, r.ok, r.error) for r in first.results]
+    assert len(APPLIED) == count_after_first  # nothing read, nothing applied the second time
+    assert receiver.mark() == 3
+    with edge.db.read() as conn:
+        assert sorted(conn.scalars(sa.select(Entity.name))) == ["c1", "c3"]
+    edge.close()
+
+
+def test_edge_without_a_plugin_fails_the_event_and_goes_on(
+    cloud_node, tmp_path, platform, make_platform, link_runner
+):
+    # the cloud knows `counted`; the edge does not (its plugin is not installed there)
+    cloud = Node(cloud_node.url, platform=make_platform(CountedPlugin()))
+    with cloud.cloud() as c:
+        t = c.create_tenant("Acme")
+        edge, secret = c.create_edge("e", t)
+        c.assign(edge, c.create_entity("counted", "x", t))
+        c.assign(edge, c.create_entity("asset", "after", t))
+    server = link_runner.start_cloud(cloud, 0)
+    edge_node = Node(f"sqlite:///{tmp_path / 'e.db'}", platform=platform)
+    edge_node.init_edge(f"127.0.0.1:{server.port}", edge.routing_key, secret)
+    handle = link_runner.start_edge(edge_node)
+    wait_until(lambda: "after" in _edge_names(edge_node))
+
+    def statuses():
+        with cloud.db.read() as conn:
+            return dict(conn.execute(sa.select(EdgeEvent.type, EdgeEvent.status)).all())
+
+    wait_until(lambda: statuses() == {"counted": "FAILED", "asset": "DELIVERED"})
+    with cloud.db.read() as conn:
+        err = conn.scalar(sa.select(EdgeEvent.error).where(EdgeEvent.type == "counted"))
+    assert "no plugin for entity type 'counted'" in err
+    link_runner.stop_edge(handle)
+    link_runner.stop_cloud(server, 0.2)
+    edge_node.close()
+    cloud.close()
+
+
+def test_sync_edge_converges_a_drifted_edge(linked):
+    with linked.cloud.cloud() as c:
+        t = c.find_tenant("Acme")
+        c.assign(c.find_edge("edge"), c.create_entity("asset", "kept", t))
+    wait_until(lambda: "kept" in _edge_names(linked.edge))
+    # the edge drifts: a stray entity appears, a real one disappears (a restored backup, say)
+    with linked.edge.edge() as e:
+        e.session.execute(sa.delete(Entity).where(Entity.name == "kept"))
+        e.session.add(
+            Entity(
+                id=uuid.uuid4(),
+                tenant_id=e.tenant_id,
+                type="asset",
+                name="stray",
+                data={},
+                version=1,
+                created_time=0,
+                updated_time=0,
+            )
+        )
+    with linked.cloud.cloud() as c:
+        c.request_sync(c.find_edge("edge"))
+    wait_until(lambda: _edge_names(linked.edge) == {"kept"}, what="exact convergence after Sync Edge")
+
+
+def test_wiped_edge_is_resynced_automatically(cloud_node, tmp_path, platform, link_runner):
+    with cloud_node.cloud() as c:
+        t = c.create_tenant("Acme")
+        edge, secret = c.create_edge("e", t)
+        c.assign(edge, c.create_entity("asset", "a1", t))
+    server = link_runner.start_cloud(cloud_node, 0)
+    first = Node(f"sqlite:///{tmp_path / 'first.db'}", platform=platform)
+    first.init_edge(f"127.0.0.1:{server.port}", edge.routing_key, secret)
+    h = link_runner.start_edge(first)
+    wait_until(lambda: "a1" in _edge_names(first))
+    with cloud_node.db.read() as conn:  # wait for the ack too
+        wait_until(
+            lambda: (
+                conn.scalar(
+                    sa.select(sa.func.count()).select_from(EdgeEvent).where(EdgeEvent.status == "PENDING")
+                )
+                == 0
+            )
+        )
+    link_runner.stop_edge(h)
+    # a new disk: same credentials, empty database
+    fresh = Node(f"sqlite:///{tmp_path / 'fresh.db'}", platform=platform)
+    fresh.init_edge(f"127.0.0.1:{server.port}", edge.routing_key, secret)
+    h2 = link_runner.start_edge(fresh)
+    wait_until(lambda: "a1" in _edge_names(fresh), what="a wiped edge gets its state back")
+    link_runner.stop_edge(h2)
+    link_runner.stop_cloud(server, 0.2)
+    first.close()
+    fresh.close()
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_tls(cloud_node, tmp_path, platform, link_runner, tls_files):
+    cert, key = tls_files
+    with cloud_node.cloud() as c:
+        t = c.create_tenant("Acme")
+        edge, secret = c.create_edge("e", t)
+        c.assign(edge, c.create_entity("asset", "secure", t))
+    server = link_runner.start_cloud(cloud_node, 0, tls_cert=cert.read_bytes(), tls_key=key.read_bytes())
+    plain = Node(f"sqlite:///{tmp_path / 'plain.db'}", platform=platform)
+    plain.init_edge(f"127.0.0.1:{server.port}", edge.routing_key, secret)
+    h_plain = link_runner.start_edge(plain)  # no CA: speaks plaintext to a TLS server, never connects
+    tls_edge = Node(f"sqlite:///{tmp_path / 'tls.db'}", platform=platform)
+    tls_edge.init_edge(f"127.0.0.1:{server.port}", edge.routing_key, secret, ca_file=str(cert))
+    h_tls = link_runner.start_edge(tls_edge)
+    wait_until(lambda: "secure" in _edge_names(tls_edge), what="the TLS edge syncs")
+    assert "secure" not in _edge_names(plain) and not h_plain.client.connected.is_set()
+    for h in (h_plain, h_tls):
+        link_runner.stop_edge(h)
+    link_runner.stop_cloud(server, 0.2)
+    plain.close()
+    tls_edge.close()
+
+
+def test_forged_uplinks_are_refused(linked):
+    """Another tenant, an entity the edge does not own: FAILED with the reason, nothing applied."""
+    with linked.cloud.cloud() as c:
+        other = c.create_tenant("Other")
+        theirs = c.create_entity("device", "theirs", other)
+        mine_cloud = c.create_entity("device", "cloud-owned", c.find_tenant("Acme"))
+        theirs_id, cloud_owned_id = theirs.id, mine_cloud.id
+    with linked.edge.edge() as e:
+        fake = Entity(
+            id=uuid.uuid4(),
+            tenant_id=other.id,
+            type="device",
+            name="intruder",
+            data=e.types.get("device").validate({}),
+            version=1,
+            origin_edge_id=e.edge_id,
+        )
+        e.outbox.uplink(
+            OutboxEvent(other.id, "device", ADDED, fake.id, entity_state(fake, e.types).SerializeToString())
+        )
+        for target in (theirs_id, cloud_owned_id):
+            ghost = Entity(id=target, tenant_id=e.tenant_id, type="device", name="hijack", data={}, version=5)
+            ghost.data = e.types.get("device").validate({})
+            e.outbox.uplink(
+                OutboxEvent(
+                    e.tenant_id, "device", "UPDATED", target, entity_state(ghost, e.types).SerializeToString()
+                )
+            )
+
+    def answered():
+        with linked.edge.edge() as e:
+            return not e.uplinks("pending")
+
+    wait_until(answered, what="answers")
+    with linked.edge.edge() as e:
+        failed = {ev.error for ev in e.uplinks("failed")}
+    assert (
+        len(failed) >= 2
+        and any("own tenant" in f for f in failed)
+        and any("another tenant" in f for f in failed)
+    )
+    assert any("not owned by this edge" in f for f in failed)
+    with linked.cloud.cloud() as c:
+        assert c.entities.find_entity("device", str(cloud_owned_id)).name == "cloud-owned"
+        assert [d.name for d in c.entities.list_entities("device", other.id)] == ["theirs"]

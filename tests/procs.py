@@ -57,14 +57,13 @@ class Proc:
         self.p: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Proc:
-        fh = open(self.log, "ab")
-        self.p = subprocess.Popen(
-            [sys.executable, "-m", "winstar_core", "--db", self.db, "run", *self.args],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(self.env or {})},
-        )
-        fh.close()
+        with open(self.log, "ab") as fh:
+            self.p = subprocess.Popen(
+                [sys.executable, "-m", "winstar_core", "--db", self.db, "run", *self.args],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(self.env or {})},
+            )
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:

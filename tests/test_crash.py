@@ -4,8 +4,8 @@ exactly once and none stays pending. Cloud on PostgreSQL and SQLite, edge on SQL
 from __future__ import annotations
 
 import sqlalchemy as sa
+from e2e_world import _tenant
 from procs import wait_until
-from test_e2e import _tenant, pe_world, world  # noqa: F401 - fixtures
 
 from winstar_core.store.models import Entity, StreamMark
 

@@ -1,0 +1,192 @@
+"""Winstar benchmarks: drain and latency, cloud on PostgreSQL, edge on SQLite, real gRPC on loopback.
+
+    python -m bench [--events N] [--devices N] [--updates N] [--cloud-db URL]
+
+Prints each figure next to the raw limits measured in the same run (how fast the same machine
+inserts rows into each database without Winstar), so the numbers can be read against the box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform as pyplatform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from winstar_core.node import Node
+from winstar_core.plugin.manager import make_plugin_manager
+from winstar_core.store.db import make_engine
+from winstar_core.store.models import CloudEvent, EdgeEvent, Entity
+from winstar_core.transport.inprocess import LinkRunner, wait_for
+
+DEFAULT_PG = "postgresql+psycopg://root@127.0.0.1:5432/postgres"
+
+
+def progress(msg: str) -> None:
+    if sys.stderr.isatty():
+        print(f"  .. {msg}", file=sys.stderr, flush=True)
+
+
+def create_pg_database(server_url: str) -> tuple[str, str] | None:
+    name = f"winstar_bench_{os.getpid()}"
+    try:
+        admin = make_engine(server_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+    except Exception as exc:
+        print(f"PostgreSQL not reachable ({type(exc).__name__}); the cloud runs on SQLite", file=sys.stderr)
+        return None
+    url = sa.engine.make_url(make_engine(server_url).url).set(database=name)
+    return url.render_as_string(hide_password=False), name
+
+
+def drop_pg_database(server_url: str, name: str) -> None:
+    admin = make_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def raw_insert_rate(url: str, rows: int) -> float:
+    """Rows/s the database takes in one transaction through SQLAlchemy, without Winstar."""
+    engine = make_engine(url)
+    meta = sa.MetaData()
+    table = sa.Table(
+        f"bench_raw_{uuid.uuid4().hex[:8]}", meta,
+        sa.Column("id", sa.Integer, primary_key=True), sa.Column("body", sa.LargeBinary),
+    )
+    meta.create_all(engine)
+    payload = os.urandom(200)
+    t0 = time.perf_counter()
+    with engine.begin() as conn:
+        conn.execute(sa.insert(table), [{"id": i, "body": payload} for i in range(rows)])
+    rate = rows / (time.perf_counter() - t0)
+    meta.drop_all(engine)
+    engine.dispose()
+    return rate
+
+
+def count(node: Node, model: type, **where: object) -> int:
+    with node.db.read() as conn:
+        stmt = sa.select(sa.func.count()).select_from(model)
+        for k, v in where.items():
+            stmt = stmt.where(getattr(model, k) == v)
+        return int(conn.scalar(stmt) or 0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench")
+    ap.add_argument("--events", type=int, default=20_000, help="cloud -> edge events to drain")
+    ap.add_argument("--devices", type=int, default=10_000, help="edge -> cloud devices to drain")
+    ap.add_argument("--updates", type=int, default=300, help="single updates timed for latency")
+    ap.add_argument("--cloud-db", default=None, help="cloud database URL (default: a new PostgreSQL database)")
+    ap.add_argument("--pg-server", default=os.environ.get("WINSTAR_TEST_PG", DEFAULT_PG))
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="winstar-bench-"))
+    made_pg = None
+    cloud_url = args.cloud_db
+    if cloud_url is None:
+        made_pg = create_pg_database(args.pg_server)
+        cloud_url = made_pg[0] if made_pg else f"sqlite:///{tmp / 'cloud.db'}"
+    edge_url = f"sqlite:///{tmp / 'edge.db'}"
+    print(f"machine: {os.cpu_count()} cores, Python {pyplatform.python_version()}, {pyplatform.machine()}")
+    print(f"cloud: {sa.engine.make_url(cloud_url).get_backend_name()}   edge: sqlite")
+
+    # raw limits, same run
+    raw_cloud = raw_insert_rate(cloud_url, 20_000)
+    raw_edge = raw_insert_rate(f"sqlite:///{tmp / 'raw.db'}", 20_000)
+    print(f"raw limit: cloud database inserts {raw_cloud:,.0f} rows/s; edge SQLite inserts {raw_edge:,.0f} rows/s")
+
+    platform = make_plugin_manager()
+    cloud = Node(cloud_url, platform=platform)
+    cloud.init_cloud("ce")
+    with cloud.cloud() as c:
+        t = c.create_tenant("Bench")
+        c.create_user("admin@bench.io", t, "TENANT_ADMIN")
+        edge_row, secret = c.create_edge("bench-edge", t)
+    edge = Node(edge_url, platform=platform)
+    runner = LinkRunner()
+    server = runner.start_cloud(cloud, 0)
+    edge.init_edge(f"127.0.0.1:{server.port}", edge_row.routing_key, secret)
+    handle = runner.start_edge(edge)
+    runner.wait_connected(handle)
+    runner.stop_edge(handle)  # first connect done (users, edition); now offline to build a backlog
+
+    # 1. cloud -> edge drain of a backlog
+    progress(f"writing {args.events} downlink events")
+    t0 = time.perf_counter()
+    with cloud.cloud() as c:
+        tenant, e = c.find_tenant("Bench"), c.find_edge("bench-edge")
+        for i in range(args.events):
+            c.assign(e, c.create_entity("asset", f"asset-{i:06}", tenant, {"label": "x"}))
+    write_s = time.perf_counter() - t0
+    progress("draining cloud -> edge")
+    t0 = time.perf_counter()
+    handle = runner.start_edge(edge)
+    wait_for(lambda: count(cloud, EdgeEvent, status="PENDING") == 0, timeout=900, interval=0.01)
+    down_s = time.perf_counter() - t0
+    assert count(edge, Entity, type="asset") == args.events
+    print(f"cloud -> edge: {args.events:,} events drained in {down_s:.2f}s = {args.events / down_s:,.0f} events/s"
+          f"  (writing them with their entities took {write_s:.2f}s = {args.events / write_s:,.0f}/s)")
+
+    # 2. edge -> cloud drain of devices created offline
+    runner.stop_edge(handle)
+    progress(f"creating {args.devices} devices on the edge, offline")
+    with edge.edge() as ed:
+        for i in range(args.devices):
+            ed.create_entity("device", f"dev-{i:06}", None, user_email="admin@bench.io")
+    progress("draining edge -> cloud")
+    t0 = time.perf_counter()
+    handle = runner.start_edge(edge)
+    wait_for(lambda: count(edge, CloudEvent, status="PENDING") == 0, timeout=900, interval=0.01)
+    up_s = time.perf_counter() - t0
+    assert count(cloud, Entity, type="device") == args.devices
+    print(f"edge -> cloud: {args.devices:,} devices drained in {up_s:.2f}s = {args.devices / up_s:,.0f} devices/s")
+
+    # 3. latency: one committed change at a time, cloud commit -> edge commit
+    wait_for(lambda: count(cloud, EdgeEvent, status="PENDING") == 0, timeout=300)
+    progress(f"timing {args.updates} single updates")
+    with cloud.cloud() as c:
+        target = c.create_entity("asset", "latency-probe", c.find_tenant("Bench"))
+        c.assign(c.find_edge("bench-edge"), target)
+    wait_for(lambda: count(edge, Entity, id=target.id) == 1)
+    samples: list[float] = []
+    for i in range(args.updates):
+        with cloud.cloud() as c:
+            c.update_entity(c.entities.find_entity("asset", str(target.id)), data={"label": f"v{i}"})
+        t_commit = time.perf_counter()
+        version = i + 2
+
+        def arrived(v: int = version) -> bool:
+            with edge.db.read() as conn:
+                return conn.scalar(sa.select(Entity.version).where(Entity.id == target.id)) == v
+
+        wait_for(arrived, timeout=30, interval=0.0005)
+        samples.append((time.perf_counter() - t_commit) * 1000)
+    samples.sort()
+    p50 = statistics.median(samples)
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    print(f"latency cloud commit -> edge commit ({args.updates} updates): p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+          f"max {samples[-1]:.1f} ms")
+
+    runner.stop_edge(handle)
+    runner.stop_cloud(server, 0.2)
+    runner.close()
+    cloud.close()
+    edge.close()
+    if made_pg:
+        drop_pg_database(args.pg_server, made_pg[1])
+
+
+if __name__ == "__main__":
+    main()

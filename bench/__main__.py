@@ -61,8 +61,10 @@ def raw_insert_rate(url: str, rows: int) -> float:
     engine = make_engine(url)
     meta = sa.MetaData()
     table = sa.Table(
-        f"bench_raw_{uuid.uuid4().hex[:8]}", meta,
-        sa.Column("id", sa.Integer, primary_key=True), sa.Column("body", sa.LargeBinary),
+        f"bench_raw_{uuid.uuid4().hex[:8]}",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("body", sa.LargeBinary),
     )
     meta.create_all(engine)
     payload = os.urandom(200)
@@ -88,7 +90,9 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=20_000, help="cloud -> edge events to drain")
     ap.add_argument("--devices", type=int, default=10_000, help="edge -> cloud devices to drain")
     ap.add_argument("--updates", type=int, default=300, help="single updates timed for latency")
-    ap.add_argument("--cloud-db", default=None, help="cloud database URL (default: a new PostgreSQL database)")
+    ap.add_argument(
+        "--cloud-db", default=None, help="cloud database URL (default: a new PostgreSQL database)"
+    )
     ap.add_argument("--pg-server", default=os.environ.get("WINSTAR_TEST_PG", DEFAULT_PG))
     args = ap.parse_args()
 
@@ -105,7 +109,9 @@ def main() -> None:
     # raw limits, same run
     raw_cloud = raw_insert_rate(cloud_url, 20_000)
     raw_edge = raw_insert_rate(f"sqlite:///{tmp / 'raw.db'}", 20_000)
-    print(f"raw limit: cloud database inserts {raw_cloud:,.0f} rows/s; edge SQLite inserts {raw_edge:,.0f} rows/s")
+    print(
+        f"raw limit: cloud database inserts {raw_cloud:,.0f} rows/s; edge SQLite inserts {raw_edge:,.0f} rows/s"
+    )
 
     platform = make_plugin_manager()
     cloud = Node(cloud_url, platform=platform)
@@ -136,8 +142,10 @@ def main() -> None:
     wait_for(lambda: count(cloud, EdgeEvent, status="PENDING") == 0, timeout=900, interval=0.01)
     down_s = time.perf_counter() - t0
     assert count(edge, Entity, type="asset") == args.events
-    print(f"cloud -> edge: {args.events:,} events drained in {down_s:.2f}s = {args.events / down_s:,.0f} events/s"
-          f"  (writing them with their entities took {write_s:.2f}s = {args.events / write_s:,.0f}/s)")
+    print(
+        f"cloud -> edge: {args.events:,} events drained in {down_s:.2f}s = {args.events / down_s:,.0f} events/s"
+        f"  (writing them with their entities took {write_s:.2f}s = {args.events / write_s:,.0f}/s)"
+    )
 
     # 2. edge -> cloud drain of devices created offline
     runner.stop_edge(handle)
@@ -151,7 +159,9 @@ def main() -> None:
     wait_for(lambda: count(edge, CloudEvent, status="PENDING") == 0, timeout=900, interval=0.01)
     up_s = time.perf_counter() - t0
     assert count(cloud, Entity, type="device") == args.devices
-    print(f"edge -> cloud: {args.devices:,} devices drained in {up_s:.2f}s = {args.devices / up_s:,.0f} devices/s")
+    print(
+        f"edge -> cloud: {args.devices:,} devices drained in {up_s:.2f}s = {args.devices / up_s:,.0f} devices/s"
+    )
 
     # 3. latency: one committed change at a time, cloud commit -> edge commit
     wait_for(lambda: count(cloud, EdgeEvent, status="PENDING") == 0, timeout=300)
@@ -176,8 +186,10 @@ def main() -> None:
     samples.sort()
     p50 = statistics.median(samples)
     p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
-    print(f"latency cloud commit -> edge commit ({args.updates} updates): p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
-          f"max {samples[-1]:.1f} ms")
+    print(
+        f"latency cloud commit -> edge commit ({args.updates} updates): p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+        f"max {samples[-1]:.1f} ms"
+    )
 
     runner.stop_edge(handle)
     runner.stop_cloud(server, 0.2)

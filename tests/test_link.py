@@ -133,9 +133,39 @@ def test_edge_without_a_plugin_fails_the_event_and_goes_on(
         err = conn.scalar(sa.select(EdgeEvent.error).where(EdgeEvent.type == "counted"))
     assert "no plugin for entity type 'counted'" in err
     link_runner.stop_edge(handle)
-    link_runner.stop_cloud(server, 0.2)
     edge_node.close()
+
+    # the plugin is installed on the edge; the user retries the failed event
+    upgraded = Node(f"sqlite:///{tmp_path / 'e.db'}", platform=make_platform(CountedPlugin()))
+    handle = link_runner.start_edge(upgraded)
+    with cloud.cloud() as c:
+        assert len(c.retry_failed(c.find_edge("e"))) == 1
+    wait_until(lambda: "x" in _edge_names(upgraded), what="the retried event applied")
+
+    def counted_rows():
+        with cloud.db.read() as conn:
+            return conn.execute(
+                sa.select(EdgeEvent.seq, EdgeEvent.status).where(EdgeEvent.type == "counted")
+            ).all()
+
+    wait_until(lambda: [s for _, s in counted_rows()] == ["FAILED", "DELIVERED"], what="retry delivered")
+    link_runner.stop_edge(handle)
+    link_runner.stop_cloud(server, 0.2)
+    upgraded.close()
     cloud.close()
+
+
+def test_users_created_later_reach_the_edge(linked):
+    with linked.cloud.cloud() as c:
+        c.create_user("late@acme.io", c.find_tenant("Acme"), "TENANT_ADMIN")
+
+    def known():
+        with linked.edge.db.read() as conn:
+            return conn.scalar(sa.text("SELECT count(*) FROM app_user WHERE email = 'late@acme.io'")) == 1
+
+    wait_until(known, what="the new user on the edge")
+    with linked.edge.edge() as e:
+        assert e.create_entity("device", "by-late", None, user_email="late@acme.io").name == "by-late"
 
 
 def test_sync_edge_converges_a_drifted_edge(linked):

@@ -278,4 +278,18 @@ def edge_downlinks(
     )
 
 
+@edge_group.command("retry")
+@click.argument("edge_ref", metavar="EDGE")
+@click.argument("seqs", metavar="[SEQ]...", nargs=-1, type=int)
+@click.option("--tenant", "tenant_ref", help="tenant name or id, when the edge name is ambiguous")
+@node_options
+def edge_retry(edge_ref: str, seqs: tuple[int, ...], tenant_ref: str | None, as_json: bool) -> None:
+    """Send failed downlinks again (all of them, or the SEQs given), as new events."""
+    with current_node().cloud("winstar edge retry") as cloud:
+        edge = cloud.find_edge(edge_ref, cloud.find_tenant(tenant_ref) if tenant_ref else None)
+        new = cloud.retry_failed(edge, list(seqs) or None)
+        value = {"edge_id": str(edge.id), "retried": len(new), "seqs": new}
+    emit(value, as_json)
+
+
 COMMANDS = [tenant_group, customer_group, role_group, user_group, edge_group]

@@ -139,4 +139,14 @@ def uplinks(status: str | None, limit: int | None, as_json: bool) -> None:
     )
 
 
-COMMANDS = [entity_group, uplinks]
+@click.command("retry")
+@click.argument("seqs", metavar="[SEQ]...", nargs=-1, type=int)
+@node_options
+def retry_uplinks(seqs: tuple[int, ...], as_json: bool) -> None:
+    """Edge: send failed uplinks again (all of them, or the SEQs given), as new events."""
+    with current_node().edge("winstar retry") as edge:
+        new = edge.retry_failed(list(seqs) or None)
+    emit({"retried": len(new), "seqs": new}, as_json)
+
+
+COMMANDS = [entity_group, uplinks, retry_uplinks]

@@ -297,6 +297,12 @@ class CloudService:
             stmt = stmt.limit(limit)
         return list(self.session.scalars(stmt))
 
+    def retry_failed(self, edge: Edge, seqs: list[int] | None = None) -> list[int]:
+        """Send FAILED downlinks of ``edge`` again (all, or those ``seqs``), as new events."""
+        from winstar_core.store.outbox import retry_failed
+
+        return retry_failed(self.session, EdgeEvent, seqs, edge.id)
+
     def request_sync(self, edge: Edge) -> None:
         """Sync Edge: the node serving the edge runs it now, or when the edge reconnects."""
         edge.sync_requested = True

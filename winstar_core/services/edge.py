@@ -196,6 +196,12 @@ class EdgeService:
             stmt = stmt.limit(limit)
         return list(self.session.scalars(stmt))
 
+    def retry_failed(self, seqs: list[int] | None = None) -> list[int]:
+        """Send FAILED uplinks again (all, or those ``seqs``), as new events."""
+        from winstar_core.store.outbox import retry_failed
+
+        return retry_failed(self.session, CloudEvent, seqs)
+
     def pending_uplinks(self) -> int:
         return int(
             self.session.scalar(

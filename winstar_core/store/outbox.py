@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -164,3 +165,43 @@ class Outbox:
         self.downlinks.clear()
         self.uplinks.clear()
         return touched
+
+
+def retry_failed(
+    session: Session, model: Any, seqs: list[int] | None, edge_id: uuid.UUID | None = None
+) -> list[int]:
+    """Queue FAILED events again, as new events at the end of their stream (new seqs). The failed
+    rows stay, their error saying which seq retried them. Returns the new seqs."""
+    where = [model.status == "FAILED"]
+    if edge_id is not None:
+        where.append(model.edge_id == edge_id)
+    if seqs:
+        where.append(model.seq.in_(seqs))
+    failed = list(session.scalars(sa.select(model).where(*where).order_by(model.seq)))
+    if not failed:
+        return []
+    stream = downlink_stream(edge_id) if edge_id is not None else UPLINK_STREAM
+    first = allocate(session, stream, len(failed))
+    now = now_ms()
+    new_seqs = []
+    for i, old in enumerate(failed):
+        row = {
+            "id": uuid.uuid4(),
+            "seq": first + i,
+            "created_time": now,
+            "tenant_id": old.tenant_id,
+            "type": old.type,
+            "action": old.action,
+            "entity_id": old.entity_id,
+            "body": old.body,
+            "status": "PENDING",
+        }
+        if edge_id is not None:
+            row["edge_id"] = edge_id
+        session.execute(sa.insert(model), [row])
+        old.error = f"{old.error} (retried as seq {first + i})"
+        new_seqs.append(first + i)
+    if session.get_bind().dialect.name == "postgresql":
+        channel = NOTIFY_CHANNEL_DOWNLINK if edge_id is not None else NOTIFY_CHANNEL_UPLINK
+        session.execute(sa.select(sa.func.pg_notify(channel, str(edge_id) if edge_id else "")))
+    return new_seqs

@@ -36,6 +36,7 @@ RETRYABLE = {
     grpc.StatusCode.CANCELLED,
 }
 HEARTBEAT_S = 5.0
+WELCOME_TIMEOUT_S = 30.0
 BACKOFF_START_S = 0.5
 BACKOFF_CAP_S = 30.0
 BACKOFF_CAP_REFUSED_S = 60.0
@@ -171,90 +172,101 @@ class EdgeClient:
             lambda svc, ev: svc.apply_downlink(ev),
         )
         hello = await asyncio.to_thread(self._hello, receiver)
-        async with self._channel() as channel:
-            call = pb_grpc.EdgeSyncStub(channel).Connect()
-            await call.write(pb.EdgeMessage(hello=hello))
-            first = await call.read()
-            if first is grpc.aio.EOF:
-                raise await _closed(call)
-            if first.WhichOneof("msg") == "error":
-                raise CloudError(f"{first.error.code}: {first.error.reason}")
-            if first.WhichOneof("msg") != "welcome":
-                raise CloudError("the cloud's first message was not a welcome")
-            welcome = first.welcome
-            await asyncio.to_thread(self._on_welcome, welcome)
-            limit = min(welcome.max_message_bytes or MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES)
-            out: asyncio.Queue[pb.EdgeMessage] = asyncio.Queue(maxsize=64)
+        channel = self._channel()
+        try:
+            await self._stream(channel, receiver, hello, stop)
+        finally:
+            with suppress(Exception):
+                await asyncio.wait_for(channel.close(), timeout=5)
 
-            async def send_uplinks(events: list[pb.Event]) -> None:
-                await out.put(pb.EdgeMessage(uplinks=pb.EventBatch(events=events)))
+    async def _stream(
+        self, channel: grpc.aio.Channel, receiver: Receiver, hello: pb.Hello, stop: asyncio.Event
+    ) -> None:
+        call = pb_grpc.EdgeSyncStub(channel).Connect()
+        await call.write(pb.EdgeMessage(hello=hello))
+        try:
+            first = await asyncio.wait_for(call.read(), timeout=WELCOME_TIMEOUT_S)
+        except TimeoutError:
+            call.cancel()
+            raise CloudError("the cloud did not answer the hello in time") from None
+        if first is grpc.aio.EOF:
+            raise await _closed(call)
+        if first.WhichOneof("msg") == "error":
+            raise CloudError(f"{first.error.code}: {first.error.reason}")
+        if first.WhichOneof("msg") != "welcome":
+            raise CloudError("the cloud's first message was not a welcome")
+        welcome = first.welcome
+        await asyncio.to_thread(self._on_welcome, welcome)
+        limit = min(welcome.max_message_bytes or MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES)
+        out: asyncio.Queue[pb.EdgeMessage] = asyncio.Queue(maxsize=64)
 
-            sender = Sender(
-                OutboxStream(self.node.db),
-                send_uplinks,
-                batch_size=self.batch_size,
-                max_in_flight=self.max_in_flight,
-                poll_interval=self.poll_interval,
-                max_bytes=limit // 2,
-            )
-            self._sender = sender
-            self.sessions += 1
-            self.connected.set()
-            log.info("connected to %s as edge %s", self.cloud_addr, welcome.edge.name)
+        async def send_uplinks(events: list[pb.Event]) -> None:
+            await out.put(pb.EdgeMessage(uplinks=pb.EventBatch(events=events)))
 
-            async def writer() -> None:
-                while True:
-                    await call.write(await out.get())
+        sender = Sender(
+            OutboxStream(self.node.db),
+            send_uplinks,
+            batch_size=self.batch_size,
+            max_in_flight=self.max_in_flight,
+            poll_interval=self.poll_interval,
+            max_bytes=limit // 2,
+        )
+        self._sender = sender
+        self.sessions += 1
+        self.connected.set()
+        log.info("connected to %s as edge %s", self.cloud_addr, welcome.edge.name)
 
-            async def reader() -> None:
-                while True:
-                    msg = await call.read()
-                    if msg is grpc.aio.EOF:
-                        raise await _closed(call)
-                    kind = msg.WhichOneof("msg")
-                    if kind == "downlinks":
-                        ack, _ = await asyncio.to_thread(receiver.apply_batch, list(msg.downlinks.events))
-                        await out.put(pb.EdgeMessage(downlink_ack=ack))
-                    elif kind == "uplink_ack":
-                        await sender.on_ack(msg.uplink_ack)
-                    elif kind == "error":
-                        raise CloudError(f"{msg.error.code}: {msg.error.reason}")
+        async def writer() -> None:
+            while True:
+                await call.write(await out.get())
 
-            async def heartbeat() -> None:
-                while True:
-                    await asyncio.sleep(HEARTBEAT_S)
-                    await asyncio.to_thread(self._heartbeat)
+        async def reader() -> None:
+            while True:
+                msg = await call.read()
+                if msg is grpc.aio.EOF:
+                    raise await _closed(call)
+                kind = msg.WhichOneof("msg")
+                if kind == "downlinks":
+                    ack, _ = await asyncio.to_thread(receiver.apply_batch, list(msg.downlinks.events))
+                    await out.put(pb.EdgeMessage(downlink_ack=ack))
+                elif kind == "uplink_ack":
+                    await sender.on_ack(msg.uplink_ack)
+                elif kind == "error":
+                    raise CloudError(f"{msg.error.code}: {msg.error.reason}")
 
-            tasks: list[asyncio.Task[Any]] = [
-                asyncio.create_task(writer(), name="writer"),
-                asyncio.create_task(reader(), name="reader"),
-                asyncio.create_task(sender.run(), name="sender"),
-                asyncio.create_task(heartbeat(), name="heartbeat"),
-                asyncio.create_task(stop.wait(), name="stop"),
-            ]
-            if self.node.db.is_postgres:
-                tasks.append(
-                    asyncio.create_task(
-                        listen(self.node.db, NOTIFY_CHANNEL_UPLINK, lambda _p: sender.wake(), stop)
-                    )
+        async def heartbeat() -> None:
+            while True:
+                await asyncio.sleep(HEARTBEAT_S)
+                await asyncio.to_thread(self._heartbeat)
+
+        tasks: list[asyncio.Task[Any]] = [
+            asyncio.create_task(writer(), name="writer"),
+            asyncio.create_task(reader(), name="reader"),
+            asyncio.create_task(sender.run(), name="sender"),
+            asyncio.create_task(heartbeat(), name="heartbeat"),
+            asyncio.create_task(stop.wait(), name="stop"),
+        ]
+        if self.node.db.is_postgres:
+            tasks.append(
+                asyncio.create_task(
+                    listen(self.node.db, NOTIFY_CHANNEL_UPLINK, lambda _p: sender.wake(), stop)
                 )
-            try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in tasks:
-                    task.cancel()
-                for task in tasks:
-                    with suppress(BaseException):
-                        await task
-                self._sender = None
-                call.cancel()
-            for task in done:
-                if task.get_name() == "stop":
-                    return
-                exc = task.exception()
-                if exc is not None:
-                    raise exc
-            raise CloudError("the cloud closed the link")
+            )
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._sender = None
+            call.cancel()  # unblocks a pending read or write first
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=5)
+        for task in done:
+            if task.get_name() == "stop":
+                return
+            exc = task.exception()
+            if exc is not None:
+                raise exc
+        raise CloudError("the cloud closed the link")
 
     def wake(self) -> None:
         if self._sender is not None:

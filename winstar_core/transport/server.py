@@ -134,9 +134,7 @@ class EdgeSession:
         finally:
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with suppress(BaseException):
-                    await task
+            await asyncio.wait(tasks, timeout=5)
             await asyncio.to_thread(self._on_disconnect, error)
         if error is not None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"cloud could not serve the link: {error}")

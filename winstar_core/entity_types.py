@@ -13,6 +13,8 @@ import marshmallow
 
 from winstar_core.errors import InvalidData, NotFound, PluginError
 
+_SCHEMAS: dict[type, marshmallow.Schema] = {}
+
 
 class EntityType:
     """Base class for an entity type. Subclass it, set the class attributes, register the class
@@ -37,6 +39,14 @@ class EntityType:
     # -- data ------------------------------------------------------------------------------------
 
     @classmethod
+    def schema_instance(cls) -> marshmallow.Schema:
+        """One schema object per type (building one per call costs more than validating)."""
+        cached = _SCHEMAS.get(cls)
+        if cached is None or type(cached) is not cls.schema:
+            cached = _SCHEMAS[cls] = cls.schema()
+        return cached
+
+    @classmethod
     def resource(cls) -> str:
         return cls.permission_resource or cls.name.upper()
 
@@ -44,10 +54,10 @@ class EntityType:
     def validate(cls, data: Mapping[str, Any] | None) -> dict[str, Any]:
         """Validate user or peer input and return the data to store (defaults filled in)."""
         try:
-            loaded = cls.schema().load(dict(data or {}))
+            loaded = cls.schema_instance().load(dict(data or {}))
         except marshmallow.ValidationError as exc:
             raise InvalidData(f"invalid {cls.name} data: {_one_line(exc.messages)}") from None
-        return dict(cls.schema().dump(loaded))
+        return dict(cls.schema_instance().dump(loaded))
 
     @classmethod
     def merge(cls, current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -57,7 +67,7 @@ class EntityType:
     @classmethod
     def serialize(cls, data: Mapping[str, Any]) -> bytes:
         """The payload that travels on the wire for this type."""
-        return json.dumps(cls.schema().dump(data), separators=(",", ":"), sort_keys=True).encode()
+        return json.dumps(cls.schema_instance().dump(data), separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
     def deserialize(cls, payload: bytes) -> dict[str, Any]:

@@ -426,12 +426,11 @@ class CloudService:
         return out
 
     def _emit_added(self, edge_id: uuid.UUID, ids: Iterable[uuid.UUID]) -> None:
+        ids = [i for i in ids if self._no_echo != (edge_id, i)]
         entities = sorted(
             self.entities.by_ids(ids).values(), key=lambda e: (self.types.rank(e.type), e.type, e.name)
         )
         for e in entities:
-            if self._no_echo == (edge_id, e.id):
-                continue
             body = entity_state(e, self.types).SerializeToString()
             self.outbox.downlink(edge_id, OutboxEvent(e.tenant_id, e.type, ADDED, e.id, body))
 
@@ -605,6 +604,7 @@ class CloudService:
             entity_id=entity_id,
             origin_edge_id=edge.id,
             validated=True,
+            checked=True,  # the id is new (looked up above) and free_name_for found the name free
         )
         self._no_echo = (edge.id, entity.id)  # the edge has it already...
         try:

@@ -135,8 +135,10 @@ class EntityStore:
 
     def find_tenant(self, ref: str | uuid.UUID) -> Tenant:
         uid = parse_uuid(ref)
-        stmt = sa.select(Tenant).where(Tenant.id == uid if uid else Tenant.name == str(ref))
-        tenant = self.session.scalars(stmt).first()
+        if uid is not None:
+            tenant = self.session.get(Tenant, uid)  # from the identity map when already loaded
+        else:
+            tenant = self.session.scalars(sa.select(Tenant).where(Tenant.name == str(ref))).first()
         if tenant is None:
             raise NotFound(f"no tenant {ref!r}")
         return tenant
@@ -186,15 +188,19 @@ class EntityStore:
         entity_id: uuid.UUID | None = None,
         origin_edge_id: uuid.UUID | None = None,
         validated: bool = False,
+        checked: bool = False,
     ) -> Entity:
+        """Insert a new entity. ``validated``: ``data`` went through the type's schema already;
+        ``checked``: the caller made sure the name and the id are free."""
         etype = self.types.get(type_name)
         name = name.strip()
         if not name:
             raise WinstarError("an entity needs a non-empty name")
         clean = dict(data or {}) if validated else etype.validate(data)
-        self.check_name_free(tenant_id, type_name, name)
-        if entity_id is not None and self.session.get(Entity, entity_id) is not None:
-            raise Conflict(f"an entity with id {entity_id} already exists")
+        if not checked:
+            self.check_name_free(tenant_id, type_name, name)
+            if entity_id is not None and self.session.get(Entity, entity_id) is not None:
+                raise Conflict(f"an entity with id {entity_id} already exists")
         now = now_ms()
         entity = Entity(
             id=entity_id or uuid.uuid4(),
@@ -246,6 +252,9 @@ class EntityStore:
         ids = list(ids)
         if not ids:
             return {}
+        if len(ids) <= 8:  # usually loaded in this session already: no statement at all
+            found = {i: self.session.get(Entity, i) for i in ids}
+            return {i: e for i, e in found.items() if e is not None}
         out: dict[uuid.UUID, Entity] = {}
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]

@@ -271,14 +271,16 @@ class EdgeService:
         entity = self.session.get(Entity, entity_id)
         if entity is not None and entity.version > state.version and entity.origin_edge_id != self.edge_id:
             return  # an older state than the one we hold: the newer one was applied already
-        clash = self.session.scalars(
-            sa.select(Entity).where(
-                Entity.tenant_id == uuid.UUID(state.tenant_id),
-                Entity.type == state.type,
-                Entity.name == state.name,
-                Entity.id != entity_id,
-            )
-        ).first()
+        clash = None
+        if entity is None or entity.name != state.name:  # a new name: is another entity holding it?
+            clash = self.session.scalars(
+                sa.select(Entity).where(
+                    Entity.tenant_id == uuid.UUID(state.tenant_id),
+                    Entity.type == state.type,
+                    Entity.name == state.name,
+                    Entity.id != entity_id,
+                )
+            ).first()
         if clash is not None:
             if clash.origin_edge_id is not None and clash.origin_edge_id == self.edge_id:
                 # Our own entity lost the name in the cloud: same deterministic rule as the cloud.

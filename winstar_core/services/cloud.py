@@ -6,6 +6,7 @@ change implies into the same transaction (through :class:`Outbox`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -29,6 +30,7 @@ from winstar_core.services.common import (
     UNASSIGNED,
     UPDATED,
     USER_EVENT_TYPE,
+    BatchCache,
     EntityStore,
     entity_state,
     get_config,
@@ -82,9 +84,24 @@ class CloudService:
         self.outbox = Outbox()
         #: (edge, entity) whose ADDED event is not sent back to the edge that just created it
         self._no_echo: tuple[uuid.UUID, uuid.UUID] | None = None
+        #: entities inserted by this transaction and not yet assigned nor made members anywhere
+        self._fresh: set[uuid.UUID] = set()
+        self.batch: BatchCache | None = None
+        self._tenants: dict[uuid.UUID, Tenant] = {}
 
-    @property
+    def prefetch(self, edge: Edge, events: list[pb.Event]) -> None:
+        """Before applying a batch of uplinks: load in one go what every event would look up."""
+        states = [
+            pb.EntityState.FromString(e.body)
+            for e in events
+            if e.action in (ADDED, UPDATED) and e.type in self.types
+        ]
+        self.batch = BatchCache()
+        self.batch.load(self.session, edge.tenant_id, states)
+
+    @functools.cached_property
     def edition(self) -> str:
+        """Fixed at `winstar init cloud`; read once per transaction."""
         return str(get_config(self.session, "edition", "ce"))
 
     # ---------------------------------------------------------------------------------------------
@@ -103,7 +120,12 @@ class CloudService:
         return tenant
 
     def find_tenant(self, ref: str | uuid.UUID) -> Tenant:
-        return self.entities.find_tenant(ref)
+        tenant = self._tenants.get(ref) if isinstance(ref, uuid.UUID) else None
+        if tenant is None:
+            tenant = self.entities.find_tenant(ref)
+            # hold it: the session's identity map keeps only weak references
+            self._tenants[tenant.id] = tenant
+        return tenant
 
     def default_tenant(self, ref: str | None) -> Tenant:
         """The tenant named by ``--tenant``, or the only tenant there is."""
@@ -328,7 +350,7 @@ class CloudService:
         origin_edge: Edge | None = None,
     ) -> Entity:
         # A new entity is assigned to no edge yet, so it writes no event.
-        return self.entities.insert(
+        entity = self.entities.insert(
             type_name=type_name,
             name=name,
             tenant_id=tenant.id,
@@ -337,6 +359,8 @@ class CloudService:
             entity_id=entity_id,
             origin_edge_id=origin_edge.id if origin_edge else None,
         )
+        self._fresh.add(entity.id)
+        return entity
 
     def update_entity(
         self, entity: Entity, *, name: str | None = None, data: dict[str, Any] | None = None
@@ -454,14 +478,20 @@ class CloudService:
             raise PermissionDenied(
                 f"{entity.type} {entity.name!r} belongs to another tenant than edge {edge.name!r}"
             )
-        if self.session.get(Assignment, (edge.id, entity.id)) is not None:
-            return False
         etype = self.types.get(entity.type)
-        members = self.entities.members(entity) if etype.container else []
-        candidates = [entity.id, *(m.id for m in members)]
-        before = self._effective_subset(edge.id, candidates)
+        if entity.id in self._fresh and not etype.container:
+            # inserted by this transaction and never assigned nor grouped: nothing to look up
+            self._fresh.discard(entity.id)
+            members: list[Entity] = []
+            candidates = [entity.id]
+            before: set[uuid.UUID] = set()
+        else:
+            if self.session.get(Assignment, (edge.id, entity.id)) is not None:
+                return False
+            members = self.entities.members(entity) if etype.container else []
+            candidates = [entity.id, *(m.id for m in members)]
+            before = self._effective_subset(edge.id, candidates)
         self.session.add(Assignment(edge_id=edge.id, entity_id=entity.id, created_time=now_ms()))
-        self.session.flush()
         self._emit_added(edge.id, [i for i in candidates if i not in before])
         for m in members:
             self.outbox.downlink(
@@ -500,12 +530,14 @@ class CloudService:
 
     def add_member(self, container: Entity, member: Entity) -> bool:
         self._check_container(container, member)
-        if self.session.get(EntityMember, (container.id, member.id)) is not None:
+        fresh = member.id in self._fresh
+        self._fresh.discard(member.id)
+        if not fresh and self.session.get(EntityMember, (container.id, member.id)) is not None:
             return False
         edges = sorted(self._direct_edges(container.id), key=str)
-        before = {e: self._effective_subset(e, [member.id]) for e in edges}
+        # a member inserted by this transaction is on no edge yet
+        before = {e: set() if fresh else self._effective_subset(e, [member.id]) for e in edges}
         self.session.add(EntityMember(container_id=container.id, member_id=member.id, created_time=now_ms()))
-        self.session.flush()
         body = self._membership_body(container, member)
         for edge_id in edges:
             if not before[edge_id]:
@@ -546,6 +578,8 @@ class CloudService:
         another entity, the deterministic ``NAME (EDGE_NAME)``, then ``NAME (EDGE_NAME ID8)``; the
         cloud sends the entity back under that name, so the edge ends up agreeing."""
         for candidate in (name, f"{name} ({edge.name})", f"{name} ({edge.name} {str(entity_id)[:8]})"):
+            if self.batch is not None and self.batch.name_holder(type_name, candidate) is None:
+                return candidate  # free when the batch began, and no event of it took it since
             clash = self.session.scalars(
                 sa.select(Entity.id).where(
                     Entity.tenant_id == edge.tenant_id, Entity.type == type_name, Entity.name == candidate
@@ -566,7 +600,8 @@ class CloudService:
         entity_id = parse_uuid(event.entity_id)
         if entity_id is None:
             raise WinstarError(f"bad entity id {event.entity_id!r}")
-        existing = self.session.get(Entity, entity_id)
+        known_absent = self.batch is not None and entity_id in self.batch.absent
+        existing = None if known_absent else self.session.get(Entity, entity_id)
         if existing is not None and existing.tenant_id != edge.tenant_id:
             raise PermissionDenied("that entity belongs to another tenant")
         if event.action == DELETED:
@@ -589,6 +624,8 @@ class CloudService:
                 raise PermissionDenied(f"{existing.type} {existing.name!r} is not owned by this edge")
             name = self.free_name_for(edge, existing.type, state.name, existing.id)
             self.update_entity(existing, name=name, data=data)
+            if self.batch is not None:
+                self.batch.taken[(existing.type, name)] = existing.id
             return
         if event.action == UPDATED:
             raise NotFound(f"{event.type} {state.name!r} is unknown to the cloud")
@@ -606,6 +643,10 @@ class CloudService:
             validated=True,
             checked=True,  # the id is new (looked up above) and free_name_for found the name free
         )
+        self._fresh.add(entity.id)
+        if self.batch is not None:
+            self.batch.absent.discard(entity.id)
+            self.batch.taken[(entity.type, name)] = entity.id
         self._no_echo = (edge.id, entity.id)  # the edge has it already...
         try:
             self.platform.hook.winstar_edge_entity_created(

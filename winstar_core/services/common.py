@@ -126,6 +126,35 @@ def parse_json_data(raw: str | None) -> dict[str, Any] | None:
     return value
 
 
+class BatchCache:
+    """What a receiver learned about a batch before applying it, so that the common case costs no
+    statement per event. Only ever used to skip a look-up whose answer is known; a stale entry
+    costs a real query, never a wrong answer (and the database's constraints back it up)."""
+
+    def __init__(self) -> None:
+        self.absent: set[uuid.UUID] = set()  # ids known not to exist when the batch began
+        self.taken: dict[tuple[str, str], uuid.UUID] = {}  # (type, name) -> id holding it
+
+    def load(self, session: Session, tenant_id: uuid.UUID | None, states: list[pb.EntityState]) -> None:
+        ids = {uuid.UUID(s.id) for s in states}
+        found = EntityStore(session, None).by_ids(ids)  # type: ignore[arg-type]
+        self.absent = ids - set(found)
+        by_type: dict[str, set[str]] = {}
+        for s in states:
+            by_type.setdefault(s.type, set()).add(s.name)
+        for type_name, names in by_type.items():
+            stmt = sa.select(Entity.name, Entity.id).where(Entity.type == type_name, Entity.name.in_(names))
+            if tenant_id is not None:
+                stmt = stmt.where(Entity.tenant_id == tenant_id)
+            for name, eid in session.execute(stmt):
+                self.taken[(type_name, name)] = eid
+
+    def name_holder(self, type_name: str, name: str) -> uuid.UUID | None:
+        """The id holding a name at the start of the batch (kept up to date by the receiver's own
+        inserts and renames), None if it was free."""
+        return self.taken.get((type_name, name))
+
+
 class EntityStore:
     """Entity look-ups and plain writes, shared by both roles (no outbox here)."""
 
@@ -215,6 +244,8 @@ class EntityStore:
             updated_time=now,
         )
         self.session.add(entity)
+        # written now: rows that refer to it (assignments, memberships) may follow in this flush
+        # cycle, and the unit of work orders tables only along relationships, which we do not map
         self.session.flush()
         return entity
 
@@ -252,7 +283,7 @@ class EntityStore:
         ids = list(ids)
         if not ids:
             return {}
-        if len(ids) <= 8:  # usually loaded in this session already: no statement at all
+        if 0 < len(ids) <= 8:  # usually loaded in this session already: no statement at all
             found = {i: self.session.get(Entity, i) for i in ids}
             return {i: e for i, e in found.items() if e is not None}
         out: dict[uuid.UUID, Entity] = {}

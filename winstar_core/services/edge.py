@@ -21,6 +21,7 @@ from winstar_core.services.common import (
     UNASSIGNED,
     UPDATED,
     USER_EVENT_TYPE,
+    BatchCache,
     EntityStore,
     entity_state,
     get_config,
@@ -57,6 +58,17 @@ class EdgeService:
         self.types = platform.types
         self.entities = EntityStore(session, self.types)
         self.outbox = Outbox()
+        self.batch: BatchCache | None = None
+
+    def prefetch(self, events: list[pb.Event]) -> None:
+        """Before applying a batch of downlinks: load in one go what every upsert would look up."""
+        states = [
+            pb.EntityState.FromString(e.body)
+            for e in events
+            if e.action in (ADDED, UPDATED) and e.type in self.types
+        ]
+        self.batch = BatchCache()
+        self.batch.load(self.session, self.tenant_id, states)
 
     # -- configuration received from the cloud ---------------------------------------------------
 
@@ -268,11 +280,14 @@ class EdgeService:
             raise PermissionDenied("this edge only holds entities of its own tenant")
         data = etype.deserialize(state.payload)
         entity_id = uuid.UUID(state.id)
-        entity = self.session.get(Entity, entity_id)
+        batch = self.batch
+        entity = None if batch and entity_id in batch.absent else self.session.get(Entity, entity_id)
         if entity is not None and entity.version > state.version and entity.origin_edge_id != self.edge_id:
             return  # an older state than the one we hold: the newer one was applied already
         clash = None
-        if entity is None or entity.name != state.name:  # a new name: is another entity holding it?
+        name_changes = entity is None or entity.name != state.name
+        holder = batch.name_holder(state.type, state.name) if batch else True
+        if name_changes and holder is not None and holder != entity_id:  # another entity may hold it
             clash = self.session.scalars(
                 sa.select(Entity).where(
                     Entity.tenant_id == uuid.UUID(state.tenant_id),
@@ -293,6 +308,9 @@ class EdgeService:
         if entity is None:
             entity = Entity(id=entity_id, created_time=now_ms())
             self.session.add(entity)
+        if batch is not None:
+            batch.absent.discard(entity_id)
+            batch.taken[(state.type, state.name)] = entity_id
         entity.tenant_id = uuid.UUID(state.tenant_id)
         entity.customer_id = parse_uuid(state.customer_id) if state.customer_id else None
         entity.type = state.type

@@ -170,6 +170,7 @@ class EdgeClient:
             DOWNLINK_MARK_STREAM,
             lambda s: EdgeService(s, platform),
             lambda svc, ev: svc.apply_downlink(ev),
+            prepare=lambda svc, events: svc.prefetch(events),
         )
         hello = await asyncio.to_thread(self._hello, receiver)
         channel = self._channel()

@@ -207,6 +207,8 @@ class Receiver:
     stream: str
     open_service: Callable[[Session], Any]
     apply_one: Callable[[Any, pb.Event], None]
+    #: ``prepare(service, events)``: load what the batch will look up, before the optimistic pass
+    prepare: Callable[[Any, list[pb.Event]], None] | None = None
     applied: int = 0
 
     def mark(self) -> int:
@@ -232,6 +234,9 @@ class Receiver:
                 row = StreamMark(stream=self.stream, applied_seq=0)
                 session.add(row)
             mark = row.applied_seq
+            fresh = [e for e in events if e.seq > mark]
+            if self.prepare is not None and not savepoints and fresh:
+                self.prepare(service, fresh)
             dups = [e.seq for e in events if e.seq <= mark]
             old_failures: dict[int, str] = {}
             if dups:
@@ -252,7 +257,6 @@ class Receiver:
                 if not savepoints:
                     try:
                         self.apply_one(service, ev)
-                        session.flush()
                     except REJECTIONS as exc:
                         raise _Rejected(exc) from exc
                     results.append(pb.EventResult(seq=ev.seq, ok=True))
@@ -276,7 +280,12 @@ class Receiver:
                     applied += 1
             top = max((e.seq for e in events), default=mark)
             row.applied_seq = max(mark, top)
-            session.flush()
+            try:
+                session.flush()  # the optimistic pass writes its rows here, in a few statements
+            except REJECTIONS as exc:
+                if savepoints:
+                    raise
+                raise _Rejected(exc) from exc
             touched = service.outbox.flush(session)
         self.applied += applied
         return pb.BatchAck(results=results, applied_seq=max(mark, top)), touched

@@ -62,7 +62,13 @@ class EdgeSession:
             uplink_mark_stream(edge_id),
             lambda s: CloudService(s, self.node.platform),
             self._apply_uplink,
+            prepare=self._prefetch_uplinks,
         )
+
+    def _prefetch_uplinks(self, cloud: CloudService, events: list[pb.Event]) -> None:
+        edge = cloud.session.get(Edge, self.edge_id)
+        if edge is not None:
+            cloud.prefetch(edge, events)
 
     def _apply_uplink(self, cloud: CloudService, event: pb.Event) -> None:
         edge = cloud.session.get(Edge, self.edge_id)

@@ -8,10 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from winstar_core.transport.inprocess import wait_for
 
 
 def free_port() -> int:
@@ -23,14 +24,7 @@ def free_port() -> int:
 def wait_until(
     predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = ""
 ) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
+    return wait_for(predicate, timeout, interval, what)
 
 
 def winstar(db: str, *args: str, check: bool = True, env: dict[str, str] | None = None) -> Any:

@@ -96,7 +96,7 @@ def test_edge_created_devices_online_and_offline(world):
     assert [(u["action"], u["status"]) for u in ups] == [("ADDED", "delivered")]
 
     # cut the link (stop the cloud): the edge keeps working and queues
-    w.cloud_proc.stop()
+    assert w.cloud_proc.stop() == 0  # SIGTERM: a clean stop
     wait_until(lambda: not w.edge_connected(), what="the edge to notice the cloud is gone")
     for i in range(5):
         winstar(w.edge.url, "entity", "create", "device", f"offline-{i}", "--user", "admin@acme.io")
@@ -113,7 +113,7 @@ def test_edge_created_devices_online_and_offline(world):
 
     # the edge process offline now; assignments made meanwhile reach it later
     wait_until(lambda: w.cloud_pending() == 0)
-    w.edge_proc.stop()
+    assert w.edge_proc.stop() == 0
     w.cloud_do(lambda c: c.assign(c.find_edge("Plant 7"), c.create_entity("dashboard", "Late", _tenant(c))))
     pending = winstar(w.cloud.url, "edge", "downlinks", "Plant 7", "--status", "pending", "--json")
     assert [d["type"] for d in pending] == ["dashboard"]

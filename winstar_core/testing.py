@@ -118,6 +118,17 @@ def make_platform() -> Callable[..., Platform]:
     return factory
 
 
+def assert_loaded_through_entry_point(
+    platform: Platform, plugin: str, distribution: str, entity_types: list[str]
+) -> None:
+    """A plugin's first test: it was loaded from its distribution's ``winstar`` entry point and
+    registered exactly these entity types."""
+    loaded = {p.name: p for p in platform.plugins}
+    assert plugin in loaded, f"plugin {plugin!r} was not loaded (loaded: {sorted(loaded)})"
+    assert loaded[plugin].distribution == distribution, loaded[plugin]
+    assert sorted(platform.types.by_plugin().get(plugin, [])) == sorted(entity_types)
+
+
 def _node(url: str, platform: Platform) -> Node:
     return Node(url, platform=platform)
 

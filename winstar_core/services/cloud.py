@@ -91,13 +91,7 @@ class CloudService:
 
     def prefetch(self, edge: Edge, events: list[pb.Event]) -> None:
         """Before applying a batch of uplinks: load in one go what every event would look up."""
-        states = [
-            pb.EntityState.FromString(e.body)
-            for e in events
-            if e.action in (ADDED, UPDATED) and e.type in self.types
-        ]
-        self.batch = BatchCache()
-        self.batch.load(self.session, edge.tenant_id, states)
+        self.batch = BatchCache.for_events(self.session, self.types, edge.tenant_id, events)
 
     @functools.cached_property
     def edition(self) -> str:

@@ -135,6 +135,20 @@ class BatchCache:
         self.absent: set[uuid.UUID] = set()  # ids known not to exist when the batch began
         self.taken: dict[tuple[str, str], uuid.UUID] = {}  # (type, name) -> id holding it
 
+    @classmethod
+    def for_events(
+        cls, session: Session, types: EntityTypeRegister, tenant_id: uuid.UUID | None, events: list[Any]
+    ) -> BatchCache:
+        """The cache for a batch: the entities its ADDED/UPDATED events name, and who holds their names."""
+        states = [
+            pb.EntityState.FromString(e.body)
+            for e in events
+            if e.action in (ADDED, UPDATED) and e.type in types
+        ]
+        cache = cls()
+        cache.load(session, tenant_id, states)
+        return cache
+
     def load(self, session: Session, tenant_id: uuid.UUID | None, states: list[pb.EntityState]) -> None:
         ids = {uuid.UUID(s.id) for s in states}
         found = EntityStore(session, None).by_ids(ids)  # type: ignore[arg-type]

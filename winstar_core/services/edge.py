@@ -62,13 +62,7 @@ class EdgeService:
 
     def prefetch(self, events: list[pb.Event]) -> None:
         """Before applying a batch of downlinks: load in one go what every upsert would look up."""
-        states = [
-            pb.EntityState.FromString(e.body)
-            for e in events
-            if e.action in (ADDED, UPDATED) and e.type in self.types
-        ]
-        self.batch = BatchCache()
-        self.batch.load(self.session, self.tenant_id, states)
+        self.batch = BatchCache.for_events(self.session, self.types, self.tenant_id, events)
 
     # -- configuration received from the cloud ---------------------------------------------------
 

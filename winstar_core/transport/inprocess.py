@@ -76,12 +76,13 @@ class LinkRunner:
         # the loop is left open: grpc objects collected later still schedule their shutdown on it
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 30, interval: float = 0.02) -> T:
+def wait_for(predicate: Callable[[], T], timeout: float = 30, interval: float = 0.02, what: str = "") -> T:
+    """Poll ``predicate`` until it returns something true, and return that."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout}s")
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)

@@ -1,12 +1,11 @@
 import pytest
 
 from winstar_core.errors import InvalidData
+from winstar_core.testing import assert_loaded_through_entry_point
 
 
 def test_loaded_through_its_entry_point(platform):
-    plugin = next(p for p in platform.plugins if p.name == "assets")
-    assert plugin.distribution == "winstar-assets"
-    assert platform.types.owner("asset") == "assets"
+    assert_loaded_through_entry_point(platform, "assets", "winstar-assets", ["asset"])
 
 
 def test_asset_type(platform):

@@ -1,12 +1,11 @@
 import pytest
 
 from winstar_core.errors import InvalidData
+from winstar_core.testing import assert_loaded_through_entry_point
 
 
 def test_loaded_through_its_entry_point(platform):
-    plugin = next(p for p in platform.plugins if p.name == "dashboards")
-    assert plugin.distribution == "winstar-dashboards"
-    assert platform.types.owner("dashboard") == "dashboards"
+    assert_loaded_through_entry_point(platform, "dashboards", "winstar-dashboards", ["dashboard"])
 
 
 def test_dashboard_is_a_configuration_document(platform):

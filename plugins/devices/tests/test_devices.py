@@ -1,12 +1,11 @@
 import pytest
 
 from winstar_core.errors import InvalidData
+from winstar_core.testing import assert_loaded_through_entry_point
 
 
 def test_loaded_through_its_entry_point(platform):
-    plugin = next(p for p in platform.plugins if p.name == "devices")
-    assert plugin.distribution == "winstar-devices"
-    assert platform.types.owner("device") == "devices"
+    assert_loaded_through_entry_point(platform, "devices", "winstar-devices", ["device"])
 
 
 def test_device_type_rules(platform):

@@ -1,12 +1,11 @@
 import pytest
 
 from winstar_core.errors import WinstarError
+from winstar_core.testing import assert_loaded_through_entry_point
 
 
 def test_loaded_through_its_entry_point(platform):
-    plugin = next(p for p in platform.plugins if p.name == "groups")
-    assert plugin.distribution == "winstar-groups"
-    assert platform.types.owner("entity_group") == "groups"
+    assert_loaded_through_entry_point(platform, "groups", "winstar-groups", ["entity_group"])
 
 
 def test_group_type(platform):

@@ -13,11 +13,11 @@ ENTITY_COLUMNS = ["id", "type", "name", "version", "data"]
 
 
 @click.group("entity")
-def entity_group() -> None:
+def entity_cli() -> None:
     """Create, change, delete and read entities of any registered type."""
 
 
-@entity_group.command("create")
+@entity_cli.command("create")
 @click.argument("type_name", metavar="TYPE")
 @click.argument("name")
 @click.option("--tenant", "tenant_ref", help="tenant name or id (cloud; default: the only tenant)")
@@ -49,7 +49,7 @@ def entity_create(
     emit(value, as_json)
 
 
-@entity_group.command("update")
+@entity_cli.command("update")
 @click.argument("type_name", metavar="TYPE")
 @click.argument("ref", metavar="REF")
 @click.option("--name", "new_name", help="the new name")
@@ -78,7 +78,7 @@ def entity_update(
     emit(value, as_json)
 
 
-@entity_group.command("delete")
+@entity_cli.command("delete")
 @click.argument("type_name", metavar="TYPE")
 @click.argument("ref", metavar="REF")
 @click.option("--tenant", "tenant_ref", help="tenant name or id, when the name is ambiguous")
@@ -99,7 +99,7 @@ def entity_delete(type_name: str, ref: str, tenant_ref: str | None, as_json: boo
     emit({"id": str(entity_id), "deleted": True}, as_json)
 
 
-@entity_group.command("list")
+@entity_cli.command("list")
 @click.argument("type_name", metavar="TYPE")
 @click.option("--tenant", "tenant_ref", help="tenant name or id")
 @node_options
@@ -111,7 +111,7 @@ def entity_list(type_name: str, tenant_ref: str | None, as_json: bool) -> None:
     emit(value, as_json, ENTITY_COLUMNS)
 
 
-@entity_group.command("show")
+@entity_cli.command("show")
 @click.argument("type_name", metavar="TYPE")
 @click.argument("ref", metavar="REF")
 @click.option("--tenant", "tenant_ref", help="tenant name or id, when the name is ambiguous")
@@ -149,4 +149,4 @@ def retry_uplinks(seqs: tuple[int, ...], as_json: bool) -> None:
     emit({"retried": len(new), "seqs": new}, as_json)
 
 
-COMMANDS = [entity_group, uplinks, retry_uplinks]
+COMMANDS = [entity_cli, uplinks, retry_uplinks]

@@ -98,22 +98,22 @@ def _world(db_url: str, tmp_path: Path, platform: Any, edition: str) -> World:
     return World(cloud, edge_node, tmp_path, port, edge.id, edge.routing_key, secret)
 
 
-@pytest.fixture
-def world(db_url, tmp_path, platform):
-    w = _world(db_url, tmp_path, platform, "ce")
+def _running_world(db_url, tmp_path, platform, edition):
+    w = _world(db_url, tmp_path, platform, edition)
     yield w
     w.stop_all()
     w.cloud.close()
     w.edge.close()
+
+
+@pytest.fixture
+def world(db_url, tmp_path, platform):
+    yield from _running_world(db_url, tmp_path, platform, "ce")
 
 
 @pytest.fixture
 def pe_world(db_url, tmp_path, platform):
-    w = _world(db_url, tmp_path, platform, "pe")
-    yield w
-    w.stop_all()
-    w.cloud.close()
-    w.edge.close()
+    yield from _running_world(db_url, tmp_path, platform, "pe")
 
 
 def _tenant(c):

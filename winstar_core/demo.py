@@ -7,6 +7,7 @@ import shutil
 import socket
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ import click
 from winstar_core.cli.api import table
 from winstar_core.node import Node
 from winstar_core.services.common import event_json, get_config
-from winstar_core.transport.inprocess import LinkRunner, wait_for
+from winstar_core.transport.inprocess import EdgeHandle, LinkRunner, wait_for
+from winstar_core.transport.server import CloudServer
 
 EVENT_COLUMNS = ["seq", "type", "action", "status", "delivered_time", "error"]
 
@@ -61,27 +63,48 @@ def _edge_rows(node: Node) -> list[dict[str, Any]]:
         return rows
 
 
-def _setup(folder: Path, name: str, edition: str) -> tuple[Node, str, str]:
+@dataclass
+class Scene:
+    """A cloud serving in process and one edge connected to it."""
+
+    cloud: Node
+    edge: Node
+    port: int
+    server: CloudServer
+    link: EdgeHandle
+
+
+def _connect(folder: Path, runner: LinkRunner, name: str, edition: str) -> Scene:
+    """A cloud (SQLite) with tenant Acme, its administrator and an edge ``name``, serving; the edge
+    initialized and connected."""
     cloud = Node(f"sqlite:///{folder / f'cloud-{edition}.db'}")
     cloud.init_cloud(edition)
     with cloud.cloud() as c:
         tenant = c.create_tenant("Acme")
         roles = [c.create_role("device writers", tenant, ["DEVICE:WRITE"])] if edition == "pe" else []
         c.create_user("admin@acme.io", tenant, "TENANT_ADMIN", roles=roles)
-        edge, secret = c.create_edge(name, tenant)
-        return cloud, edge.routing_key, secret
+        edge_row, secret = c.create_edge(name, tenant)
+    port = _free_port()
+    server = runner.start_cloud(cloud, port)
+    edge = Node(f"sqlite:///{folder / f'edge-{edition}.db'}", platform=cloud.platform)
+    edge.init_edge(f"127.0.0.1:{port}", edge_row.routing_key, secret)
+    link = runner.start_edge(edge)
+    runner.wait_connected(link)
+    return Scene(cloud, edge, port, server, link)
+
+
+def _disconnect(runner: LinkRunner, scene: Scene) -> None:
+    runner.stop_edge(scene.link)
+    runner.stop_cloud(scene.server, grace=0.2)
+    scene.cloud.close()
+    scene.edge.close()
 
 
 def _ce_story(folder: Path, runner: LinkRunner) -> None:
     say("A CE cloud (SQLite) with tenant Acme, its administrator, and an edge 'Plant 7'")
-    cloud, routing_key, secret = _setup(folder, "Plant 7", "ce")
-    port = _free_port()
-    server = runner.start_cloud(cloud, port)
-    edge = Node(f"sqlite:///{folder / 'edge-plant7.db'}", platform=cloud.platform)
-    edge.init_edge(f"127.0.0.1:{port}", routing_key, secret)
+    scene = _connect(folder, runner, "Plant 7", "ce")
+    cloud, edge, port, link = scene.cloud, scene.edge, scene.port, scene.link
     click.echo(f"cloud serving gRPC on 127.0.0.1:{port}; the edge's secret is kept only as a salted hash")
-    link = runner.start_edge(edge)
-    runner.wait_connected(link)
     click.echo("edge connected: it received its configuration and users from the cloud")
 
     say("Assign a dashboard to the edge: it is created there, with the same id")
@@ -107,7 +130,7 @@ def _ce_story(folder: Path, runner: LinkRunner) -> None:
     show(wait_for(assigned_in_cloud), ["type", "name", "id"])
 
     say("Cut the link (the cloud goes away); the edge keeps working and queues its changes")
-    runner.stop_cloud(server, grace=0.2)
+    runner.stop_cloud(scene.server, grace=0.2)
     wait_for(lambda: not link.client.connected.is_set())
     for i in (2, 3, 4):
         with edge.edge() as e:
@@ -125,7 +148,7 @@ def _ce_story(folder: Path, runner: LinkRunner) -> None:
         show([event_json(x) for x in c.downlinks(c.find_edge("Plant 7"), "pending")], EVENT_COLUMNS)
 
     say("Restore the link: the queued devices reach the cloud, the asset reaches the edge")
-    server = runner.start_cloud(cloud, port)
+    scene.server = runner.start_cloud(cloud, port)
 
     def drained() -> bool:
         with edge.edge() as e, cloud.cloud() as c:
@@ -140,21 +163,13 @@ def _ce_story(folder: Path, runner: LinkRunner) -> None:
     say("The Downlinks view of 'Plant 7' (`winstar edge downlinks 'Plant 7'`), newest first")
     with cloud.cloud() as c:
         show([event_json(x) for x in c.downlinks(c.find_edge("Plant 7"))], EVENT_COLUMNS)
-    runner.stop_edge(link)
-    runner.stop_cloud(server, grace=0.2)
-    cloud.close()
-    edge.close()
+    _disconnect(runner, scene)
 
 
 def _pe_story(folder: Path, runner: LinkRunner) -> None:
     say("PE: a cloud whose role 'device writers' grants DEVICE:WRITE, and an edge 'Plant 9'")
-    cloud, routing_key, secret = _setup(folder, "Plant 9", "pe")
-    port = _free_port()
-    server = runner.start_cloud(cloud, port)
-    edge = Node(f"sqlite:///{folder / 'edge-plant9.db'}", platform=cloud.platform)
-    edge.init_edge(f"127.0.0.1:{port}", routing_key, secret)
-    link = runner.start_edge(edge)
-    runner.wait_connected(link)
+    scene = _connect(folder, runner, "Plant 9", "pe")
+    cloud, edge = scene.cloud, scene.edge
     for name in ("Pump A", "Pump B"):
         with edge.edge() as e:
             e.create_entity("device", name, None, user_email="admin@acme.io")
@@ -172,7 +187,4 @@ def _pe_story(folder: Path, runner: LinkRunner) -> None:
     wait_for(lambda: any(r["name"] == "[Edge] Plant 9 All" for r in _edge_rows(edge)))
     click.echo("on the edge:")
     show(_edge_rows(edge), ["type", "name", "version"])
-    runner.stop_edge(link)
-    runner.stop_cloud(server, grace=0.2)
-    cloud.close()
-    edge.close()
+    _disconnect(runner, scene)

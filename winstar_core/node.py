@@ -17,6 +17,7 @@ from winstar_core.services.common import get_config, set_config
 from winstar_core.services.edge import EdgeService
 from winstar_core.store import migrate
 from winstar_core.store.db import Database, sqlite_path
+from winstar_core.store.models import NodeConfig
 from winstar_core.store.outbox import UPLINK_STREAM, ensure_stream
 
 CLOUD = "cloud"
@@ -48,17 +49,10 @@ class Node:
             with self.db.read() as conn:
                 if not sa.inspect(conn).has_table("node_config"):
                     return None
-                row = conn.execute(sa.text("SELECT value FROM node_config WHERE key = 'role'")).first()
+                value = conn.scalar(sa.select(NodeConfig.value).where(NodeConfig.key == "role"))
         except sa.exc.OperationalError as exc:
             raise WinstarError(f"cannot open database {self.db.engine.url!r}: {_first_line(exc)}") from None
-        if row is None:
-            return None
-        value = row[0]
-        if isinstance(value, str) and value.startswith('"'):
-            import json
-
-            value = json.loads(value)
-        return str(value)
+        return None if value is None else str(value)
 
     def require(self, role: str, what: str = "this command") -> None:
         actual = self.role()

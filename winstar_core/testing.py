@@ -129,29 +129,26 @@ def assert_loaded_through_entry_point(
     assert sorted(platform.types.by_plugin().get(plugin, [])) == sorted(entity_types)
 
 
-def _node(url: str, platform: Platform) -> Node:
-    return Node(url, platform=platform)
+def _cloud(url: str, platform: Platform, edition: str) -> Iterator[Node]:
+    node = Node(url, platform=platform)
+    node.init_cloud(edition)
+    yield node
+    node.close()
 
 
 @pytest.fixture
 def cloud_node(db_url: str, platform: Platform) -> Iterator[Node]:
-    node = _node(db_url, platform)
-    node.init_cloud("ce")
-    yield node
-    node.close()
+    yield from _cloud(db_url, platform, "ce")
 
 
 @pytest.fixture
 def pe_cloud_node(db_url: str, platform: Platform) -> Iterator[Node]:
-    node = _node(db_url, platform)
-    node.init_cloud("pe")
-    yield node
-    node.close()
+    yield from _cloud(db_url, platform, "pe")
 
 
 @pytest.fixture
 def edge_node(tmp_path: Any, platform: Platform) -> Iterator[Node]:
-    node = _node(f"sqlite:///{tmp_path / 'edge.db'}", platform)
+    node = Node(f"sqlite:///{tmp_path / 'edge.db'}", platform=platform)
     node.init_edge("127.0.0.1:1", "unset", "unset")
     yield node
     node.close()

@@ -49,7 +49,14 @@ from winstar_core.store.models import (
     UserRole,
     now_ms,
 )
-from winstar_core.store.outbox import Outbox, OutboxEvent, downlink_stream, ensure_stream
+from winstar_core.store.outbox import (
+    Outbox,
+    OutboxEvent,
+    downlink_stream,
+    ensure_stream,
+    notify_senders,
+    retry_failed,
+)
 from winstar_core.transport.pb import sync_pb2 as pb
 
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -315,18 +322,13 @@ class CloudService:
 
     def retry_failed(self, edge: Edge, seqs: list[int] | None = None) -> list[int]:
         """Send FAILED downlinks of ``edge`` again (all, or those ``seqs``), as new events."""
-        from winstar_core.store.outbox import retry_failed
-
         return retry_failed(self.session, EdgeEvent, seqs, edge.id)
 
     def request_sync(self, edge: Edge) -> None:
         """Sync Edge: the node serving the edge runs it now, or when the edge reconnects."""
         edge.sync_requested = True
         self.session.flush()
-        if self.session.get_bind().dialect.name == "postgresql":
-            from winstar_core.store.outbox import NOTIFY_CHANNEL_DOWNLINK
-
-            self.session.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL_DOWNLINK, str(edge.id))))
+        notify_senders(self.session, [edge.id], uplinks=False)
 
     # ---------------------------------------------------------------------------------------------
     # entities

@@ -29,7 +29,7 @@ from winstar_core.services.common import (
     set_config,
 )
 from winstar_core.store.models import CloudEvent, Entity, EntityMember, Tenant, User, now_ms
-from winstar_core.store.outbox import Outbox, OutboxEvent
+from winstar_core.store.outbox import Outbox, OutboxEvent, retry_failed
 from winstar_core.transport.pb import sync_pb2 as pb
 
 NOT_CONFIGURED = (
@@ -204,8 +204,6 @@ class EdgeService:
 
     def retry_failed(self, seqs: list[int] | None = None) -> list[int]:
         """Send FAILED uplinks again (all, or those ``seqs``), as new events."""
-        from winstar_core.store.outbox import retry_failed
-
         return retry_failed(self.session, CloudEvent, seqs)
 
     def pending_uplinks(self) -> int:

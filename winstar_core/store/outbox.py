@@ -75,6 +75,41 @@ def ensure_stream(session: Session, stream: str) -> None:
         )
 
 
+def _rows(
+    first: int, created: int, events: list[OutboxEvent], edge_id: uuid.UUID | None = None
+) -> list[dict[str, object]]:
+    """Outbox rows for ``events``, numbered from ``first``."""
+    extra = {"edge_id": edge_id} if edge_id is not None else {}
+    return [
+        dict(
+            id=uuid.uuid4(),
+            seq=first + i,
+            created_time=created,
+            tenant_id=ev.tenant_id,
+            type=ev.type,
+            action=ev.action,
+            entity_id=ev.entity_id,
+            body=ev.body,
+            status="PENDING",
+            **extra,
+        )
+        for i, ev in enumerate(events)
+    ]
+
+
+def notify_senders(session: Session, edge_ids: list[uuid.UUID], uplinks: bool) -> None:
+    """Wake the senders in other processes (PostgreSQL): at most one NOTIFY per channel."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    if edge_ids:
+        payload = ",".join(str(e) for e in edge_ids)
+        if len(payload) > NOTIFY_MAX_PAYLOAD:
+            payload = "*"
+        session.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL_DOWNLINK, payload)))
+    if uplinks:
+        session.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL_UPLINK, "")))
+
+
 @dataclass
 class Outbox:
     """The events of one transaction, waiting to be numbered and written."""
@@ -118,50 +153,13 @@ class Outbox:
         for edge_id in sorted(self.downlinks, key=str):  # fixed lock order across transactions
             events = self.downlinks[edge_id]
             first = allocate(session, downlink_stream(edge_id), len(events))
-            rows.extend(
-                dict(
-                    id=uuid.uuid4(),
-                    edge_id=edge_id,
-                    seq=first + i,
-                    created_time=created,
-                    tenant_id=ev.tenant_id,
-                    type=ev.type,
-                    action=ev.action,
-                    entity_id=ev.entity_id,
-                    body=ev.body,
-                    status="PENDING",
-                )
-                for i, ev in enumerate(events)
-            )
+            rows.extend(_rows(first, created, events, edge_id))
         if rows:
             session.execute(sa.insert(EdgeEvent), rows)
         if self.uplinks:
             first = allocate(session, UPLINK_STREAM, len(self.uplinks))
-            session.execute(
-                sa.insert(CloudEvent),
-                [
-                    dict(
-                        id=uuid.uuid4(),
-                        seq=first + i,
-                        created_time=created,
-                        tenant_id=ev.tenant_id,
-                        type=ev.type,
-                        action=ev.action,
-                        entity_id=ev.entity_id,
-                        body=ev.body,
-                        status="PENDING",
-                    )
-                    for i, ev in enumerate(self.uplinks)
-                ],
-            )
-        if session.get_bind().dialect.name == "postgresql":
-            if self.downlinks:
-                payload = ",".join(str(e) for e in sorted(self.downlinks, key=str))
-                if len(payload) > NOTIFY_MAX_PAYLOAD:
-                    payload = "*"
-                session.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL_DOWNLINK, payload)))
-            if self.uplinks:
-                session.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL_UPLINK, "")))
+            session.execute(sa.insert(CloudEvent), _rows(first, created, self.uplinks))
+        notify_senders(session, sorted(self.downlinks, key=str), bool(self.uplinks))
         self.downlinks.clear()
         self.uplinks.clear()
         return touched
@@ -182,26 +180,9 @@ def retry_failed(
         return []
     stream = downlink_stream(edge_id) if edge_id is not None else UPLINK_STREAM
     first = allocate(session, stream, len(failed))
-    now = now_ms()
-    new_seqs = []
+    again = [OutboxEvent(old.tenant_id, old.type, old.action, old.entity_id, old.body) for old in failed]
+    session.execute(sa.insert(model), _rows(first, now_ms(), again, edge_id))
     for i, old in enumerate(failed):
-        row = {
-            "id": uuid.uuid4(),
-            "seq": first + i,
-            "created_time": now,
-            "tenant_id": old.tenant_id,
-            "type": old.type,
-            "action": old.action,
-            "entity_id": old.entity_id,
-            "body": old.body,
-            "status": "PENDING",
-        }
-        if edge_id is not None:
-            row["edge_id"] = edge_id
-        session.execute(sa.insert(model), [row])
         old.error = f"{old.error} (retried as seq {first + i})"
-        new_seqs.append(first + i)
-    if session.get_bind().dialect.name == "postgresql":
-        channel = NOTIFY_CHANNEL_DOWNLINK if edge_id is not None else NOTIFY_CHANNEL_UPLINK
-        session.execute(sa.select(sa.func.pg_notify(channel, str(edge_id) if edge_id else "")))
-    return new_seqs
+    notify_senders(session, [edge_id] if edge_id is not None else [], edge_id is None)
+    return [first + i for i in range(len(failed))]

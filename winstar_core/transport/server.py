@@ -126,7 +126,7 @@ class EdgeSession:
             asyncio.create_task(self._writer(context), name="writer"),
             asyncio.create_task(self._reader(context), name="reader"),
             asyncio.create_task(self.sender.run(), name="sender"),
-            asyncio.create_task(self._housekeeping(), name="housekeeping"),
+            asyncio.create_task(self._housekeeping(context), name="housekeeping"),
             asyncio.create_task(self.closed.wait(), name="closed"),
         ]
         error: str | None = None
@@ -140,10 +140,31 @@ class EdgeSession:
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.wait(tasks, timeout=5)
-            await asyncio.to_thread(self._on_disconnect, error)
+            # gRPC may cancel this handler again while it cleans up (the RPC ends as the connection
+            # dies): the edge must be marked disconnected all the same, so the cleanup is shielded.
+            closing = asyncio.create_task(self._close(tasks, error))
+            self.server.closing.add(closing)
+            closing.add_done_callback(self.server.closing.discard)
+            await asyncio.shield(closing)
         if error is not None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"cloud could not serve the link: {error}")
+
+    async def _close(self, tasks: list[asyncio.Task[Any]], error: str | None) -> None:
+        await asyncio.wait(tasks, timeout=5)
+        delay = 0.2
+        for attempt in range(8):  # about half a minute; `winstar run` clears stale flags at start
+            try:
+                await asyncio.to_thread(self._on_disconnect, error)
+                return
+            except Exception as exc:  # the database is busy or restarting: the flag must still go down
+                log.warning(
+                    "edge %s: could not record the disconnect (%s), attempt %d",
+                    self.edge_id,
+                    exc,
+                    attempt + 1,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _writer(self, context: grpc.aio.ServicerContext) -> None:
         while True:
@@ -177,13 +198,15 @@ class EdgeSession:
             assert edge is not None
             cloud.run_sync(edge)
 
-    async def _housekeeping(self) -> None:
+    async def _housekeeping(self, context: grpc.aio.ServicerContext) -> None:
         last_touch = 0.0
         loop = asyncio.get_running_loop()
         while True:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self.poke.wait(), timeout=self.server.housekeeping_interval)
             self.poke.clear()
+            if context.done():  # belt and braces: the RPC ended without this handler hearing of it
+                raise LinkClosed("the connection to the edge is gone")
             touch = loop.time() - last_touch >= 5.0
             if await asyncio.to_thread(self._housekeeping_tick, touch):
                 self.sender.wake()
@@ -250,6 +273,7 @@ class CloudServer:
         self.poll_interval = 2.0 if postgres else 0.1
         self.housekeeping_interval = 5.0 if postgres else 1.0
         self.sessions: dict[uuid.UUID, EdgeSession] = {}
+        self.closing: set[asyncio.Task[None]] = set()
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -312,6 +336,8 @@ class CloudServer:
             session.closed.set()
         if self._server is not None:
             await self._server.stop(grace)
+        if self.closing:
+            await asyncio.wait(list(self.closing), timeout=grace + 5)
         if self._listener is not None:
             self._listener.cancel()
             with suppress(BaseException):

@@ -94,7 +94,8 @@ class CloudService:
         #: entities inserted by this transaction and not yet assigned nor made members anywhere
         self._fresh: set[uuid.UUID] = set()
         self.batch: BatchCache | None = None
-        self._tenants: dict[uuid.UUID, Tenant] = {}
+        #: rows held for this transaction by id (the identity map keeps only weak references)
+        self.pinned: dict[uuid.UUID, Any] = {}
 
     def prefetch(self, edge: Edge, events: list[pb.Event]) -> None:
         """Before applying a batch of uplinks: load in one go what every event would look up."""
@@ -121,11 +122,11 @@ class CloudService:
         return tenant
 
     def find_tenant(self, ref: str | uuid.UUID) -> Tenant:
-        tenant = self._tenants.get(ref) if isinstance(ref, uuid.UUID) else None
+        tenant = self.pinned.get(ref) if isinstance(ref, uuid.UUID) else None
         if tenant is None:
             tenant = self.entities.find_tenant(ref)
-            # hold it: the session's identity map keeps only weak references
-            self._tenants[tenant.id] = tenant
+            self.pinned[tenant.id] = tenant
+        assert isinstance(tenant, Tenant)
         return tenant
 
     def default_tenant(self, ref: str | None) -> Tenant:

@@ -258,9 +258,8 @@ class EntityStore:
             updated_time=now,
         )
         self.session.add(entity)
-        # written now: rows that refer to it (assignments, memberships) may follow in this flush
-        # cycle, and the unit of work orders tables only along relationships, which we do not map
-        self.session.flush()
+        if not checked:  # surface a constraint's refusal here; a checked insert joins the next flush
+            self.session.flush()
         return entity
 
     def change(self, entity: Entity, *, name: str | None, data: dict[str, Any] | None) -> bool:

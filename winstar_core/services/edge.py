@@ -59,6 +59,8 @@ class EdgeService:
         self.entities = EntityStore(session, self.types)
         self.outbox = Outbox()
         self.batch: BatchCache | None = None
+        #: the node's configuration as read in this transaction (read once: every upsert checks it)
+        self._config: dict[str, Any] = {}
 
     def prefetch(self, events: list[pb.Event]) -> None:
         """Before applying a batch of downlinks: load in one go what every upsert would look up."""
@@ -66,19 +68,23 @@ class EdgeService:
 
     # -- configuration received from the cloud ---------------------------------------------------
 
+    def config(self, key: str) -> Any:
+        if key not in self._config:
+            raw = get_config(self.session, key)
+            self._config[key] = uuid.UUID(raw) if raw and key in ("edge_id", "tenant_id") else raw
+        return self._config[key]
+
     @property
     def edge_id(self) -> uuid.UUID | None:
-        raw = get_config(self.session, "edge_id")
-        return uuid.UUID(raw) if raw else None
+        return self.config("edge_id")  # type: ignore[no-any-return]
 
     @property
     def tenant_id(self) -> uuid.UUID | None:
-        raw = get_config(self.session, "tenant_id")
-        return uuid.UUID(raw) if raw else None
+        return self.config("tenant_id")  # type: ignore[no-any-return]
 
     @property
     def edition(self) -> str | None:
-        return get_config(self.session, "edition")
+        return self.config("edition")  # type: ignore[no-any-return]
 
     def apply_config(self, config: pb.EdgeConfig, users: Iterable[pb.UserInfo] | None = None) -> None:
         """Store what the cloud says this edge is (sent in the Welcome), and its users."""
@@ -95,6 +101,7 @@ class EdgeService:
             ("edition", config.edition),
         ):
             set_config(self.session, key, value)
+        self._config.clear()
         self.session.flush()
         if users is not None:
             users = list(users)
@@ -259,7 +266,6 @@ class EdgeService:
                 )
         else:
             raise WinstarError(f"unknown downlink action {event.action!r}")
-        self.session.flush()
 
     def upsert(self, state: pb.EntityState) -> None:
         etype = self.types.get(state.type)
@@ -291,7 +297,7 @@ class EdgeService:
         if clash is not None:
             if clash.origin_edge_id is not None and clash.origin_edge_id == self.edge_id:
                 # Our own entity lost the name in the cloud: same deterministic rule as the cloud.
-                clash.name = f"{clash.name} ({get_config(self.session, 'edge_name')})"
+                clash.name = f"{clash.name} ({self.config('edge_name')})"
                 self.session.flush()
             else:
                 raise WinstarError(

@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
 
@@ -138,6 +138,9 @@ class Assignment(Base):
         sa.ForeignKey("entity.id", ondelete="CASCADE"), primary_key=True, index=True
     )
     created_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
+    # The unit of work orders INSERTs and DELETEs along relationships, not foreign keys: these
+    # never-loaded relationships let an entity and the rows that refer to it go in one flush.
+    entity: Mapped[Entity] = relationship(foreign_keys=[entity_id], lazy="raise")
 
 
 class EntityMember(Base):
@@ -151,6 +154,9 @@ class EntityMember(Base):
         sa.ForeignKey("entity.id", ondelete="CASCADE"), primary_key=True, index=True
     )
     created_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
+    # write order only, as for Assignment.entity
+    container: Mapped[Entity] = relationship(foreign_keys=[container_id], lazy="raise")
+    member: Mapped[Entity] = relationship(foreign_keys=[member_id], lazy="raise")
 
 
 class EdgeEvent(Base):

@@ -66,14 +66,22 @@ class EdgeSession:
         )
 
     def _prefetch_uplinks(self, cloud: CloudService, events: list[pb.Event]) -> None:
-        edge = cloud.session.get(Edge, self.edge_id)
-        if edge is not None:
-            cloud.prefetch(edge, events)
+        cloud.prefetch(self._edge(cloud), events)
 
     def _apply_uplink(self, cloud: CloudService, event: pb.Event) -> None:
-        edge = cloud.session.get(Edge, self.edge_id)
-        assert edge is not None
-        cloud.apply_uplink(edge, event)
+        cloud.apply_uplink(self._edge(cloud), event)
+
+    def _edge(self, cloud: CloudService) -> Edge:
+        """This session's edge, loaded once per transaction (the identity map holds objects weakly,
+        so a bare ``session.get`` per event would reload it, flushing first)."""
+        edge = cloud.pinned.get(self.edge_id)
+        if edge is None:
+            edge = cloud.session.get(Edge, self.edge_id)
+            if edge is None:
+                raise LinkClosed("the edge was deleted")
+            cloud.pinned[self.edge_id] = edge
+        assert isinstance(edge, Edge)
+        return edge
 
     async def _send_downlinks(self, events: list[pb.Event]) -> None:
         await self.out.put(pb.CloudMessage(downlinks=pb.EventBatch(events=events)))

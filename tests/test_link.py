@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 
@@ -13,8 +14,9 @@ from procs import wait_until
 from winstar_core import EntityType, hookimpl
 from winstar_core.node import Node
 from winstar_core.services.common import ADDED, entity_state
-from winstar_core.store.models import EdgeEvent, Entity
+from winstar_core.store.models import EdgeEvent, Entity, EntityMember
 from winstar_core.store.outbox import OutboxEvent
+from winstar_core.transport.client import downlink_receiver
 from winstar_core.transport.link import Receiver
 from winstar_core.transport.pb import sync_pb2 as pb
 
@@ -319,3 +321,88 @@ def test_forged_uplinks_are_refused(linked):
     with linked.cloud.cloud() as c:
         assert c.entities.find_entity("device", str(cloud_owned_id)).name == "cloud-owned"
         assert [d.name for d in c.entities.list_entities("device", other.id)] == ["theirs"]
+
+
+class _Batch:
+    """Downlink events for one edge tenant, numbered in order."""
+
+    def __init__(self, tenant: uuid.UUID) -> None:
+        self.tenant = tenant
+        self.seq = 0
+        self.events: list[pb.Event] = []
+
+    def upsert(self, action, entity_id, type_, name, version, data):
+        state = pb.EntityState(
+            id=str(entity_id),
+            type=type_,
+            name=name,
+            tenant_id=str(self.tenant),
+            version=version,
+            schema_version=1,
+            payload=json.dumps(data).encode(),
+        )
+        self._add(action, type_, entity_id, state.SerializeToString())
+
+    def delete(self, entity_id, type_):
+        self._add("DELETED", type_, entity_id, b"")
+
+    def member(self, container_id, member_id):
+        body = pb.Membership(container_id=str(container_id), member_id=str(member_id)).SerializeToString()
+        self._add("MEMBER_ADDED", "entity_group", container_id, body)
+
+    def _add(self, action, type_, entity_id, body):
+        self.seq += 1
+        self.events.append(
+            pb.Event(seq=self.seq, type=type_, action=action, entity_id=str(entity_id), body=body)
+        )
+
+    def take(self):
+        out, self.events = self.events, []
+        return out
+
+
+def test_a_batch_applied_in_bulk_keeps_every_change_in_order(db_url, platform):
+    """The edge writes entities new to it in one multi-row INSERT per batch: later events of the
+    same batch (update, rename, delete, membership, a stale state, a name clash) must see them."""
+    edge = Node(db_url, platform=platform)
+    edge.init_edge("127.0.0.1:1", "k", "s")
+    tenant = uuid.uuid4()
+    with edge.edge() as e:
+        e.apply_config(
+            pb.EdgeConfig(edge_id=str(uuid.uuid4()), name="e", tenant_id=str(tenant), edition="ce"), []
+        )
+    receiver = downlink_receiver(edge)
+    a, b, c, e_, g, d, f = (uuid.uuid4() for _ in range(7))
+    batch = _Batch(tenant)
+    batch.upsert("ADDED", a, "asset", "A", 1, {"label": "one"})
+    batch.upsert("UPDATED", a, "asset", "A", 2, {"label": "two"})
+    batch.upsert("ADDED", b, "asset", "B", 1, {})
+    batch.upsert("UPDATED", b, "asset", "B2", 2, {})  # renamed in the same batch
+    batch.upsert("ADDED", c, "asset", "C", 1, {})
+    batch.delete(c, "asset")
+    batch.upsert("ADDED", e_, "asset", "E", 3, {"label": "newest"})
+    batch.upsert("UPDATED", e_, "asset", "E", 2, {"label": "stale"})  # older: ignored
+    batch.upsert("ADDED", g, "entity_group", "G", 1, {"entity_type": "asset"})
+    batch.member(g, a)
+    ack, _ = receiver.apply_batch(batch.take())
+    assert all(r.ok for r in ack.results), [r.error for r in ack.results if not r.ok]
+
+    def state():
+        with edge.db.read() as conn:
+            rows = conn.execute(sa.select(Entity.name, Entity.version, Entity.data)).all()
+            members = conn.execute(sa.select(EntityMember.container_id, EntityMember.member_id)).all()
+        return {n: (v, d.get("label")) for n, v, d in rows}, members
+
+    entities, members = state()
+    assert entities == {"A": (2, "two"), "B2": (2, None), "E": (3, "newest"), "G": (1, None)}
+    assert members == [(g, a)]
+
+    # a new entity that takes a name already held: refused, the others of its batch kept
+    batch.upsert("ADDED", d, "asset", "A", 1, {})
+    batch.upsert("ADDED", f, "asset", "F", 1, {})
+    ack, _ = receiver.apply_batch(batch.take())
+    assert [r.ok for r in ack.results] == [False, True]
+    assert "already exists" in ack.results[0].error
+    entities, _ = state()
+    assert set(entities) == {"A", "B2", "E", "G", "F"} and entities["A"] == (2, "two")
+    edge.close()

@@ -53,10 +53,13 @@ class EntityType:
     @classmethod
     def validate(cls, data: Mapping[str, Any] | None) -> dict[str, Any]:
         """Validate user or peer input and return the data to store (defaults filled in)."""
+        given = dict(data or {})
         try:
-            loaded = cls.schema_instance().load(dict(data or {}))
+            loaded = cls.schema_instance().load(given)
         except marshmallow.ValidationError as exc:
             raise InvalidData(f"invalid {cls.name} data: {_one_line(exc.messages)}") from None
+        if loaded == given:  # already canonical (a peer's payload, usually): dumping changes nothing
+            return given
         return dict(cls.schema_instance().dump(loaded))
 
     @classmethod

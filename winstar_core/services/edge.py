@@ -61,10 +61,15 @@ class EdgeService:
         self.batch: BatchCache | None = None
         #: the node's configuration as read in this transaction (read once: every upsert checks it)
         self._config: dict[str, Any] = {}
+        #: rows of entities new to this edge, inserted together by :meth:`write_new` (a backlog is
+        #: mostly these: one multi-row INSERT instead of an ORM object each)
+        self._new: dict[uuid.UUID, dict[str, Any]] = {}
 
     def prefetch(self, events: list[pb.Event]) -> None:
         """Before applying a batch of downlinks: load in one go what every upsert would look up."""
         self.batch = BatchCache.for_events(self.session, self.types, self.tenant_id, events)
+        # upserts may now collect rows for write_new(); the commit writes any a caller left behind
+        sa.event.listen(self.session, "before_commit", lambda _session: self.write_new())
 
     # -- configuration received from the cloud ---------------------------------------------------
 
@@ -226,6 +231,8 @@ class EdgeService:
     def apply_downlink(self, event: pb.Event) -> None:
         """Apply one event of the cloud's stream. Raises a :class:`WinstarError` to reject it (the
         cloud records the message as the event's FAILED reason)."""
+        if event.type not in self.types or event.action not in (ADDED, UPDATED):
+            self.write_new()  # what follows reads or deletes entities: let it see the new ones
         if event.type == USER_EVENT_TYPE:
             if event.action == DELETED:
                 self.remove_user(uuid.UUID(event.entity_id))
@@ -279,13 +286,22 @@ class EdgeService:
         data = etype.deserialize(state.payload)
         entity_id = uuid.UUID(state.id)
         batch = self.batch
-        entity = None if batch and entity_id in batch.absent else self.session.get(Entity, entity_id)
+        row = self._new.get(entity_id)
+        if row is not None and row["name"] == state.name:  # added earlier in this batch, not yet written
+            if row["version"] <= state.version or row["origin_edge_id"] == self.edge_id:
+                row.update(self._row(state, data))
+            return
+        if row is not None:  # renamed within the batch: take the general path on the written row
+            self.write_new()
+        known_absent = batch is not None and entity_id in batch.absent
+        entity = None if known_absent else self.session.get(Entity, entity_id)
         if entity is not None and entity.version > state.version and entity.origin_edge_id != self.edge_id:
             return  # an older state than the one we hold: the newer one was applied already
         clash = None
         name_changes = entity is None or entity.name != state.name
         holder = batch.name_holder(state.type, state.name) if batch else True
         if name_changes and holder is not None and holder != entity_id:  # another entity may hold it
+            self.write_new()
             clash = self.session.scalars(
                 sa.select(Entity).where(
                     Entity.tenant_id == uuid.UUID(state.tenant_id),
@@ -303,20 +319,37 @@ class EdgeService:
                 raise WinstarError(
                     f"a different {state.type} named {state.name!r} already exists on this edge"
                 )
-        if entity is None:
-            entity = Entity(id=entity_id, created_time=now_ms())
-            self.session.add(entity)
         if batch is not None:
             batch.absent.discard(entity_id)
             batch.taken[(state.type, state.name)] = entity_id
-        entity.tenant_id = uuid.UUID(state.tenant_id)
-        entity.customer_id = parse_uuid(state.customer_id) if state.customer_id else None
-        entity.type = state.type
-        entity.name = state.name
-        entity.data = data
-        entity.version = state.version
-        entity.origin_edge_id = parse_uuid(state.origin_edge_id) if state.origin_edge_id else None
-        entity.updated_time = now_ms()
+        if entity is None and known_absent:
+            self._new[entity_id] = {"id": entity_id, "created_time": now_ms(), **self._row(state, data)}
+            return
+        if entity is None:
+            entity = Entity(id=entity_id, created_time=now_ms())
+            self.session.add(entity)
+        for key, value in self._row(state, data).items():
+            setattr(entity, key, value)
+
+    @staticmethod
+    def _row(state: pb.EntityState, data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "tenant_id": uuid.UUID(state.tenant_id),
+            "customer_id": parse_uuid(state.customer_id) if state.customer_id else None,
+            "type": state.type,
+            "name": state.name,
+            "data": data,
+            "version": state.version,
+            "origin_edge_id": parse_uuid(state.origin_edge_id) if state.origin_edge_id else None,
+            "updated_time": now_ms(),
+        }
+
+    def write_new(self) -> None:
+        """Insert the entities :meth:`upsert` collected, in one statement. Called before anything
+        that reads entities, and by the receiver before it commits a batch."""
+        if self._new:
+            rows, self._new = list(self._new.values()), {}
+            self.session.execute(sa.insert(Entity), rows)
 
     def apply_sync_end(self, end: pb.SyncEnd) -> None:
         """End of a full sync: remove what the edge should no longer have. Keeps this edge's own

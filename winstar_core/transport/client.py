@@ -55,6 +55,19 @@ async def _closed(call: Any) -> CloudError:
     return CloudError(f"{code.name}: {details}")
 
 
+def downlink_receiver(node: Node) -> Receiver:
+    """How an edge applies the cloud's stream: batch look-ups first, new entities in bulk."""
+    platform = node.platform
+    return Receiver(
+        node.db,
+        DOWNLINK_MARK_STREAM,
+        lambda s: EdgeService(s, platform),
+        lambda svc, ev: svc.apply_downlink(ev),
+        prepare=lambda svc, events: svc.prefetch(events),
+        finish=lambda svc: svc.write_new(),
+    )
+
+
 class EdgeClient:
     def __init__(
         self,
@@ -164,14 +177,7 @@ class EdgeClient:
             set_config(edge.session, "link_heartbeat", now_ms())
 
     async def _session(self, stop: asyncio.Event) -> None:
-        platform = self.node.platform
-        receiver = Receiver(
-            self.node.db,
-            DOWNLINK_MARK_STREAM,
-            lambda s: EdgeService(s, platform),
-            lambda svc, ev: svc.apply_downlink(ev),
-            prepare=lambda svc, events: svc.prefetch(events),
-        )
+        receiver = downlink_receiver(self.node)
         hello = await asyncio.to_thread(self._hello, receiver)
         channel = self._channel()
         try:

@@ -209,6 +209,8 @@ class Receiver:
     apply_one: Callable[[Any, pb.Event], None]
     #: ``prepare(service, events)``: load what the batch will look up, before the optimistic pass
     prepare: Callable[[Any, list[pb.Event]], None] | None = None
+    #: ``finish(service)``: write what ``apply_one`` collected to write in bulk (before a commit)
+    finish: Callable[[Any], None] | None = None
     applied: int = 0
 
     def mark(self) -> int:
@@ -266,6 +268,8 @@ class Receiver:
                 try:
                     with session.begin_nested():
                         self.apply_one(service, ev)
+                        if self.finish is not None:
+                            self.finish(service)
                         session.flush()
                 except REJECTIONS as exc:
                     service.outbox.rollback_to(point)
@@ -281,6 +285,8 @@ class Receiver:
             top = max((e.seq for e in events), default=mark)
             row.applied_seq = max(mark, top)
             try:
+                if self.finish is not None:
+                    self.finish(service)
                 session.flush()  # the optimistic pass writes its rows here, in a few statements
             except REJECTIONS as exc:
                 if savepoints:

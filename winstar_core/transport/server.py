@@ -37,6 +37,30 @@ def _line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
+def uplink_receiver(node: Node, edge_id: uuid.UUID) -> Receiver:
+    """How the cloud applies one edge's stream: batch look-ups first, the edge's row read once."""
+
+    def edge_of(cloud: CloudService) -> Edge:
+        # held for the transaction: the identity map keeps objects weakly, and a bare
+        # ``session.get`` per event would reload the row (flushing first)
+        edge = cloud.pinned.get(edge_id)
+        if edge is None:
+            edge = cloud.session.get(Edge, edge_id)
+            if edge is None:
+                raise LinkClosed("the edge was deleted")
+            cloud.pinned[edge_id] = edge
+        assert isinstance(edge, Edge)
+        return edge
+
+    return Receiver(
+        node.db,
+        uplink_mark_stream(edge_id),
+        lambda s: CloudService(s, node.platform),
+        lambda cloud, event: cloud.apply_uplink(edge_of(cloud), event),
+        prepare=lambda cloud, events: cloud.prefetch(edge_of(cloud), events),
+    )
+
+
 class EdgeSession:
     """One connected edge: sends its downlinks, applies its uplinks."""
 
@@ -57,31 +81,7 @@ class EdgeSession:
             poll_interval=server.poll_interval,
             max_bytes=limit // 2,
         )
-        self.receiver = Receiver(
-            self.node.db,
-            uplink_mark_stream(edge_id),
-            lambda s: CloudService(s, self.node.platform),
-            self._apply_uplink,
-            prepare=self._prefetch_uplinks,
-        )
-
-    def _prefetch_uplinks(self, cloud: CloudService, events: list[pb.Event]) -> None:
-        cloud.prefetch(self._edge(cloud), events)
-
-    def _apply_uplink(self, cloud: CloudService, event: pb.Event) -> None:
-        cloud.apply_uplink(self._edge(cloud), event)
-
-    def _edge(self, cloud: CloudService) -> Edge:
-        """This session's edge, loaded once per transaction (the identity map holds objects weakly,
-        so a bare ``session.get`` per event would reload it, flushing first)."""
-        edge = cloud.pinned.get(self.edge_id)
-        if edge is None:
-            edge = cloud.session.get(Edge, self.edge_id)
-            if edge is None:
-                raise LinkClosed("the edge was deleted")
-            cloud.pinned[self.edge_id] = edge
-        assert isinstance(edge, Edge)
-        return edge
+        self.receiver = uplink_receiver(self.node, edge_id)
 
     async def _send_downlinks(self, events: list[pb.Event]) -> None:
         await self.out.put(pb.CloudMessage(downlinks=pb.EventBatch(events=events)))

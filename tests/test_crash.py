@@ -10,7 +10,9 @@ from procs import wait_until
 from winstar_core.store.models import Entity, StreamMark
 
 N = 3000
-SLOW = ("--batch-size", "50", "--max-in-flight", "2")  # a drain that lasts long enough to be cut
+# small batches, one in flight: a drain of thousands takes hundreds of round trips, long enough to be
+# cut in the middle however fast one round trip gets
+SLOW = ("--batch-size", "20", "--max-in-flight", "1")
 
 
 def _count(node, type_name):
@@ -25,6 +27,7 @@ def test_cloud_killed_mid_drain_then_restarted(world):
     w.start_cloud(*SLOW)
     w.start_edge(*SLOW)
     w.wait_connected()
+    w.edge_proc.stop()  # offline while the backlog is written: the drain starts when it comes back
 
     def bulk(c):
         t, edge = _tenant(c), c.find_edge("Plant 7")
@@ -35,7 +38,8 @@ def test_cloud_killed_mid_drain_then_restarted(world):
     w.cloud_do(
         lambda c: [c.update_entity(e, data={"label": "v2"}) for e in c.entities.list_entities("asset")[:500]]
     )
-    wait_until(lambda: _count(w.edge, "asset") > 200, what="the drain to start")
+    w.start_edge(*SLOW)
+    wait_until(lambda: _count(w.edge, "asset") > 200, interval=0.005, what="the drain to start")
     w.cloud_proc.kill()
     at_kill = _count(w.edge, "asset")
     assert 0 < at_kill < N, "the kill must land in the middle of the drain"
@@ -58,7 +62,7 @@ def test_edge_killed_mid_drain_then_restarted(world):
         for i in range(N):
             e.create_entity("device", f"d{i:05}", None, user_email="admin@acme.io")
     w.start_edge(*SLOW)
-    wait_until(lambda: _count(w.cloud, "device") > 200, what="the uplink drain to start")
+    wait_until(lambda: _count(w.cloud, "device") > 200, interval=0.005, what="the uplink drain to start")
     w.edge_proc.kill()
     at_kill = _count(w.cloud, "device")
     assert 0 < at_kill < N, "the kill must land in the middle of the drain"

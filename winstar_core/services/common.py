@@ -133,6 +133,9 @@ class BatchCache:
 
     def __init__(self) -> None:
         self.absent: set[uuid.UUID] = set()  # ids known not to exist when the batch began
+        #: the entities that did exist, held so that the session's identity map (which keeps only
+        #: weak references) answers the apply's own look-ups without a statement
+        self.loaded: dict[uuid.UUID, Any] = {}
         self.taken: dict[tuple[str, str], uuid.UUID] = {}  # (type, name) -> id holding it
 
     @classmethod
@@ -151,8 +154,8 @@ class BatchCache:
 
     def load(self, session: Session, tenant_id: uuid.UUID | None, states: list[pb.EntityState]) -> None:
         ids = {uuid.UUID(s.id) for s in states}
-        found = EntityStore(session, None).by_ids(ids)  # type: ignore[arg-type]
-        self.absent = ids - set(found)
+        self.loaded = EntityStore(session, None).by_ids(ids)  # type: ignore[arg-type]
+        self.absent = ids - set(self.loaded)
         by_type: dict[str, set[str]] = {}
         for s in states:
             by_type.setdefault(s.type, set()).add(s.name)

@@ -151,15 +151,21 @@ class Processes:
         self.cloud.wait(30)
 
 
-def drain_span(node: Node, model: Any) -> tuple[int, float]:
-    """Events acknowledged and the seconds between the first and the last acknowledgement."""
-    with node.db.read() as conn:
+def drain(link: InProcess | Processes, sender: Node, model: Any, type_name: str) -> tuple[int, float, float]:
+    """Start the edge and wait until ``sender``'s outbox has nothing PENDING. Returns the events of
+    ``type_name`` acknowledged, the seconds from their first to their last acknowledgement, and
+    the seconds from the edge's start."""
+    t0 = time.perf_counter()
+    link.start_edge()
+    wait_for(lambda: count(sender, model, status="PENDING") == 0, timeout=900, interval=0.02)
+    wall_s = time.perf_counter() - t0
+    with sender.db.read() as conn:
         n, first, last = conn.execute(
-            sa.select(sa.func.count(), sa.func.min(model.delivered_time), sa.func.max(model.delivered_time))
-            .select_from(model)
-            .where(model.status == "DELIVERED")
+            sa.select(
+                sa.func.count(), sa.func.min(model.delivered_time), sa.func.max(model.delivered_time)
+            ).where(model.status == "DELIVERED", model.type == type_name)
         ).one()
-    return int(n), max((last or 0) - (first or 0), 1) / 1000
+    return int(n), max((last or 0) - (first or 0), 1) / 1000, wall_s
 
 
 def main() -> None:
@@ -222,20 +228,10 @@ def main() -> None:
             c.assign(e, c.create_entity("asset", f"asset-{i:06}", tenant, {"label": "x"}))
     write_s = time.perf_counter() - t0
     progress("draining cloud -> edge")
-    t0 = time.perf_counter()
-    link.start_edge()
-    wait_for(lambda: count(cloud, EdgeEvent, status="PENDING") == 0, timeout=900, interval=0.02)
-    wall_s = time.perf_counter() - t0
-    assert count(edge, Entity, type="asset") == args.events
-    with cloud.db.read() as conn:  # the span of this backlog's acknowledgements only
-        first, last = conn.execute(
-            sa.select(sa.func.min(EdgeEvent.delivered_time), sa.func.max(EdgeEvent.delivered_time)).where(
-                EdgeEvent.type == "asset"
-            )
-        ).one()
-    down_s = max(last - first, 1) / 1000
+    n, down_s, wall_s = drain(link, cloud, EdgeEvent, "asset")
+    assert n == count(edge, Entity, type="asset") == args.events
     print(
-        f"cloud -> edge: {args.events:,} events drained in {down_s:.2f}s = {args.events / down_s:,.0f} events/s"
+        f"cloud -> edge: {n:,} events drained in {down_s:.2f}s = {n / down_s:,.0f} events/s"
         f"  ({wall_s:.2f}s from the edge's start; writing them with their entities took {write_s:.2f}s)"
     )
 
@@ -246,12 +242,8 @@ def main() -> None:
         for i in range(args.devices):
             ed.create_entity("device", f"dev-{i:06}", None, user_email="admin@bench.io")
     progress("draining edge -> cloud")
-    t0 = time.perf_counter()
-    link.start_edge()
-    wait_for(lambda: count(edge, CloudEvent, status="PENDING") == 0, timeout=900, interval=0.02)
-    wall_s = time.perf_counter() - t0
-    assert count(cloud, Entity, type="device") == args.devices
-    n, up_s = drain_span(edge, CloudEvent)
+    n, up_s, wall_s = drain(link, edge, CloudEvent, "device")
+    assert n == count(cloud, Entity, type="device") == args.devices
     print(
         f"edge -> cloud: {n:,} devices drained in {up_s:.2f}s = {n / up_s:,.0f} devices/s"
         f"  ({wall_s:.2f}s from the edge's start)"

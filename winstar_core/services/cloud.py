@@ -12,7 +12,7 @@ import hmac
 import secrets
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -82,6 +82,9 @@ def parse_permission(raw: str) -> str:
     return f"{parts[0]}:{parts[1]}"
 
 
+T = TypeVar("T")
+
+
 class CloudService:
     def __init__(self, session: Session, platform: Platform) -> None:
         self.session = session
@@ -121,12 +124,19 @@ class CloudService:
         self.session.flush()
         return tenant
 
+    def held(self, model: type[T], row_id: uuid.UUID) -> T | None:
+        """The row ``row_id`` of ``model``, read once per transaction (the session's identity map
+        keeps only weak references: a bare ``session.get`` per event would reload it, flushing first)."""
+        row = self.pinned.get(row_id)
+        if row is None:
+            row = self.pinned[row_id] = self.session.get(model, row_id)
+        return row if isinstance(row, model) else None
+
     def find_tenant(self, ref: str | uuid.UUID) -> Tenant:
-        tenant = self.pinned.get(ref) if isinstance(ref, uuid.UUID) else None
+        tenant = self.held(Tenant, ref) if isinstance(ref, uuid.UUID) else None
         if tenant is None:
             tenant = self.entities.find_tenant(ref)
             self.pinned[tenant.id] = tenant
-        assert isinstance(tenant, Tenant)
         return tenant
 
     def default_tenant(self, ref: str | None) -> Tenant:

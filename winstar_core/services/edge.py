@@ -75,21 +75,21 @@ class EdgeService:
 
     def config(self, key: str) -> Any:
         if key not in self._config:
-            raw = get_config(self.session, key)
-            self._config[key] = uuid.UUID(raw) if raw and key in ("edge_id", "tenant_id") else raw
+            self._config[key] = get_config(self.session, key)
         return self._config[key]
 
     @property
     def edge_id(self) -> uuid.UUID | None:
-        return self.config("edge_id")  # type: ignore[no-any-return]
+        return parse_uuid(self.config("edge_id"))
 
     @property
     def tenant_id(self) -> uuid.UUID | None:
-        return self.config("tenant_id")  # type: ignore[no-any-return]
+        return parse_uuid(self.config("tenant_id"))
 
     @property
     def edition(self) -> str | None:
-        return self.config("edition")  # type: ignore[no-any-return]
+        edition: str | None = self.config("edition")
+        return edition
 
     def apply_config(self, config: pb.EdgeConfig, users: Iterable[pb.UserInfo] | None = None) -> None:
         """Store what the cloud says this edge is (sent in the Welcome), and its users."""

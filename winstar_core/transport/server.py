@@ -41,15 +41,9 @@ def uplink_receiver(node: Node, edge_id: uuid.UUID) -> Receiver:
     """How the cloud applies one edge's stream: batch look-ups first, the edge's row read once."""
 
     def edge_of(cloud: CloudService) -> Edge:
-        # held for the transaction: the identity map keeps objects weakly, and a bare
-        # ``session.get`` per event would reload the row (flushing first)
-        edge = cloud.pinned.get(edge_id)
+        edge = cloud.held(Edge, edge_id)
         if edge is None:
-            edge = cloud.session.get(Edge, edge_id)
-            if edge is None:
-                raise LinkClosed("the edge was deleted")
-            cloud.pinned[edge_id] = edge
-        assert isinstance(edge, Edge)
+            raise LinkClosed("the edge was deleted")
         return edge
 
     return Receiver(

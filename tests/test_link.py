@@ -26,6 +26,13 @@ def _edge_names(node):
         return set(conn.scalars(sa.select(Entity.name)))
 
 
+def _pending(node):
+    # a connection per poll: on SQLite one read transaction is one snapshot, and a poll that
+    # kept its connection would never see the acknowledgement land
+    with node.db.read() as conn:
+        return conn.scalar(sa.select(sa.func.count()).select_from(EdgeEvent).where(EdgeEvent.status == "PENDING"))
+
+
 def test_linked_fixture_syncs_both_ways(linked):
     with linked.cloud.cloud() as c:
         c.assign(c.find_edge("edge"), c.create_entity("asset", "A", c.find_tenant("Acme")))
@@ -205,15 +212,7 @@ def test_wiped_edge_is_resynced_automatically(cloud_node, tmp_path, platform, li
     first.init_edge(f"127.0.0.1:{server.port}", edge.routing_key, secret)
     h = link_runner.start_edge(first)
     wait_until(lambda: "a1" in _edge_names(first))
-    with cloud_node.db.read() as conn:  # wait for the ack too
-        wait_until(
-            lambda: (
-                conn.scalar(
-                    sa.select(sa.func.count()).select_from(EdgeEvent).where(EdgeEvent.status == "PENDING")
-                )
-                == 0
-            )
-        )
+    wait_until(lambda: _pending(cloud_node) == 0, what="the ack of a1")
     link_runner.stop_edge(h)
     # a new disk: same credentials, empty database
     fresh = Node(f"sqlite:///{tmp_path / 'fresh.db'}", platform=platform)

@@ -22,7 +22,7 @@ def free_port() -> int:
 
 
 def wait_until(
-    predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = ""
+    predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05, what: str = ""
 ) -> Any:
     return wait_for(predicate, timeout, interval, what)
 

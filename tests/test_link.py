@@ -30,7 +30,9 @@ def _pending(node):
     # a connection per poll: on SQLite one read transaction is one snapshot, and a poll that
     # kept its connection would never see the acknowledgement land
     with node.db.read() as conn:
-        return conn.scalar(sa.select(sa.func.count()).select_from(EdgeEvent).where(EdgeEvent.status == "PENDING"))
+        return conn.scalar(
+            sa.select(sa.func.count()).select_from(EdgeEvent).where(EdgeEvent.status == "PENDING")
+        )
 
 
 def test_linked_fixture_syncs_both_ways(linked):

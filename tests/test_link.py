@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import uuid
 
@@ -16,8 +17,9 @@ from winstar_core.node import Node
 from winstar_core.services.common import ADDED, entity_state
 from winstar_core.store.models import EdgeEvent, Entity, EntityMember
 from winstar_core.store.outbox import OutboxEvent
+from winstar_core.transport import link
 from winstar_core.transport.client import downlink_receiver
-from winstar_core.transport.link import Receiver
+from winstar_core.transport.link import DrainProgress, Receiver
 from winstar_core.transport.pb import sync_pb2 as pb
 
 
@@ -225,6 +227,59 @@ def test_wiped_edge_is_resynced_automatically(cloud_node, tmp_path, platform, li
     link_runner.stop_cloud(server, 0.2)
     first.close()
     fresh.close()
+
+
+def test_a_long_drain_reports_its_progress(cloud_node, tmp_path, platform, link_runner, monkeypatch, caplog):
+    monkeypatch.setattr(link, "PROGRESS_EVERY_S", 0.0)  # a progress line at every ack
+    caplog.set_level(logging.INFO, logger="winstar_core.transport.link")
+    with cloud_node.cloud() as c:
+        t = c.create_tenant("Acme")
+        edge, secret = c.create_edge("e", t)
+        for i in range(120):
+            c.assign(edge, c.create_entity("asset", f"a{i:03}", t))
+    server = link_runner.start_cloud(cloud_node, 0, batch_size=25, max_in_flight=1)
+    node = Node(f"sqlite:///{tmp_path / 'e.db'}", platform=platform)
+    node.init_edge(f"127.0.0.1:{server.port}", edge.routing_key, secret)
+    h = link_runner.start_edge(node)
+
+    def lines():
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("downlinks to edge 'e':")]
+
+    wait_until(lambda: any("drained" in m for m in lines()), what="the end of the drain")
+    link_runner.stop_edge(h)
+    link_runner.stop_cloud(server, 0.2)
+    node.close()
+    *steps, last = lines()
+    assert [m.split(" (")[0] for m in steps] == [
+        f"downlinks to edge 'e': {n} delivered, 0 failed, {120 - n} pending" for n in (25, 50, 75, 100, 120)
+    ]
+    assert last.startswith("downlinks to edge 'e': drained 120 events in ") and last.endswith(", 0 failed")
+
+
+def test_a_short_drain_says_nothing_and_a_long_one_says_when_it_ends():
+    now = [0.0]
+    said: list[str] = []
+    p = DrainProgress("uplinks", every=2.0, report=said.append, clock=lambda: now[0])
+    ok, bad = pb.EventResult(ok=True), pb.EventResult(ok=False, error="no")
+    p.sending()
+    now[0] = 1.0
+    p.acked([ok] * 10)
+    p.idle()
+    assert said == []  # one second: no line at all
+    p.sending()  # a second drain, from t=1
+    now[0] = 3.5
+    assert p.due()
+    p.acked([ok] * 9 + [bad], pending=40)
+    now[0] = 4.0
+    assert not p.due()
+    p.acked([ok] * 40)
+    p.idle()
+    assert said == [
+        "uplinks: 9 delivered, 1 failed, 40 pending (4 events/s, about 10s left)",
+        "uplinks: drained 50 events in 3.0s (17 events/s), 1 failed",
+    ]
+    p.idle()  # nothing sent since: no second last line
+    assert len(said) == 2
 
 
 @pytest.fixture

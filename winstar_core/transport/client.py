@@ -17,7 +17,7 @@ from winstar_core.services.edge import EdgeService
 from winstar_core.store.models import now_ms
 from winstar_core.store.outbox import DOWNLINK_MARK_STREAM, NOTIFY_CHANNEL_UPLINK
 from winstar_core.transport.common import CLIENT_OPTIONS, listen
-from winstar_core.transport.link import MAX_MESSAGE_BYTES, OutboxStream, Receiver, Sender
+from winstar_core.transport.link import MAX_MESSAGE_BYTES, DrainProgress, OutboxStream, Receiver, Sender
 from winstar_core.transport.pb import sync_pb2 as pb
 from winstar_core.transport.pb import sync_pb2_grpc as pb_grpc
 from winstar_core.transport.welcome import PROTOCOL_VERSION
@@ -217,6 +217,7 @@ class EdgeClient:
             max_in_flight=self.max_in_flight,
             poll_interval=self.poll_interval,
             max_bytes=limit // 2,
+            progress=DrainProgress("uplinks to the cloud"),
         )
         self._sender = sender
         self.sessions += 1

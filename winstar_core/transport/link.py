@@ -7,6 +7,8 @@ FAILED event never blocks the ones behind it.
 Receiver: applies a batch in one transaction together with its "applied up to" mark for that
 stream (and the reasons of rejected events), so a batch delivered twice takes effect once and a
 redelivered event gets its first verdict again.
+
+DrainProgress: what an operator sees of a long drain in `winstar run`'s log (its stderr).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +46,8 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 500
 MAX_IN_FLIGHT = 4
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: seconds between two progress lines of a long drain; a drain shorter than this says nothing
+PROGRESS_EVERY_S = 2.0
 #: errors that reject one event (a FAILED verdict); anything else (the database is down...) is
 #: an infrastructure failure: the batch is not acknowledged and will be delivered again.
 REJECTIONS: tuple[type[BaseException], ...] = (
@@ -141,6 +146,61 @@ class OutboxStream:
 
 
 @dataclass
+class DrainProgress:
+    """Reports a long drain: a line every ``every`` seconds while acknowledgements come in (how
+    many delivered, failed and still pending, the rate, the time left at that rate), and a last
+    line when the sender has nothing left to send. A drain shorter than ``every`` says nothing, so
+    the steady trickle of single changes does not fill the log."""
+
+    what: str
+    every: float = field(default_factory=lambda: PROGRESS_EVERY_S)
+    report: Callable[[str], None] = log.info
+    clock: Callable[[], float] = time.monotonic
+    started: float | None = None
+    delivered: int = 0
+    failed: int = 0
+    _last: float = 0.0
+    _reported: bool = False
+
+    def sending(self) -> None:
+        if self.started is None:
+            self.started = self._last = self.clock()
+
+    def due(self) -> bool:
+        return self.started is not None and self.clock() - self._last >= self.every
+
+    def acked(self, results: Sequence[pb.EventResult], pending: int | None = None) -> None:
+        """Count one ack; ``pending`` (read by the caller when :meth:`due`) prints a line."""
+        ok = sum(1 for r in results if r.ok)
+        self.delivered += ok
+        self.failed += len(results) - ok
+        if pending is None or self.started is None:
+            return
+        now = self.clock()
+        rate = (self.delivered + self.failed) / max(now - self.started, 1e-6)
+        left = f", about {pending / rate:,.0f}s left" if rate > 0 and pending else ""
+        self.report(
+            f"{self.what}: {self.delivered:,} delivered, {self.failed:,} failed, {pending:,} pending"
+            f" ({rate:,.0f} events/s{left})"
+        )
+        self._last = now
+        self._reported = True
+
+    def idle(self) -> None:
+        """The sender found nothing more to send and nothing is in flight: the drain is over."""
+        if self.started is None:
+            return
+        if self._reported:
+            secs = self.clock() - self.started
+            self.report(
+                f"{self.what}: drained {self.delivered + self.failed:,} events in {secs:,.1f}s"
+                f" ({(self.delivered + self.failed) / max(secs, 1e-6):,.0f} events/s),"
+                f" {self.failed:,} failed"
+            )
+        self.started, self.delivered, self.failed, self._reported = None, 0, 0, False
+
+
+@dataclass
 class Sender:
     """Pushes one outbox stream to the peer: batches in order, up to ``max_in_flight`` unacked."""
 
@@ -153,6 +213,7 @@ class Sender:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _in_flight: collections.deque[int] = field(default_factory=collections.deque)
     sent: int = 0
+    progress: DrainProgress = field(default_factory=lambda: DrainProgress("events"))
 
     def wake(self) -> None:
         self._wake.set()
@@ -164,16 +225,21 @@ class Sender:
             while len(self._in_flight) < self.max_in_flight:
                 events = await asyncio.to_thread(self.stream.fetch, cursor, self.batch_size, self.max_bytes)
                 if not events:
+                    if not self._in_flight:
+                        self.progress.idle()
                     break
                 cursor = events[-1].seq
                 self._in_flight.append(cursor)
                 self.sent += len(events)
+                self.progress.sending()
                 await self.send(events)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
 
     async def on_ack(self, ack: pb.BatchAck) -> None:
         await asyncio.to_thread(self.stream.acknowledge, list(ack.results))
+        pending = await asyncio.to_thread(self.stream.pending) if self.progress.due() else None
+        self.progress.acked(ack.results, pending)
         if self._in_flight:
             self._in_flight.popleft()
         self._wake.set()

@@ -18,7 +18,7 @@ from winstar_core.services.cloud import CloudService, check_secret, hash_secret
 from winstar_core.store.models import Edge, now_ms
 from winstar_core.store.outbox import NOTIFY_CHANNEL_DOWNLINK, uplink_mark_stream
 from winstar_core.transport.common import SERVER_OPTIONS, listen
-from winstar_core.transport.link import MAX_MESSAGE_BYTES, OutboxStream, Receiver, Sender
+from winstar_core.transport.link import MAX_MESSAGE_BYTES, DrainProgress, OutboxStream, Receiver, Sender
 from winstar_core.transport.pb import sync_pb2 as pb
 from winstar_core.transport.pb import sync_pb2_grpc as pb_grpc
 from winstar_core.transport.welcome import PROTOCOL_VERSION, edge_welcome
@@ -74,6 +74,7 @@ class EdgeSession:
             max_in_flight=server.max_in_flight,
             poll_interval=server.poll_interval,
             max_bytes=limit // 2,
+            progress=DrainProgress(f"downlinks to edge {edge_id}"),
         )
         self.receiver = uplink_receiver(self.node, edge_id)
 
@@ -92,6 +93,7 @@ class EdgeSession:
         with self.node.cloud() as cloud:
             edge = cloud.session.get(Edge, self.edge_id)
             assert edge is not None
+            self.sender.progress.what = f"downlinks to edge {edge.name!r}"
             edge.connected = True
             edge.last_seen = now_ms()
             edge.last_error = None

@@ -26,6 +26,7 @@ def run(platform):
         return json.loads(invoke(db, *args, "--json").stdout)
 
     invoke.json = as_json  # type: ignore[attr-defined]
+    invoke.runner, invoke.cli = runner, cli  # type: ignore[attr-defined]
     return invoke
 
 
@@ -137,23 +138,60 @@ def test_pe_roles(run, sqlite_url):
         (("user", "create", "x@acme.io", "--authority", "CUSTOMER_USER"), "needs --customer"),
         (("edge", "unassign", "e1", "device", "d1"), "is not assigned"),
         (("group", "add", "G", "asset", "a1"), "does not hold"),
+        # names and emails fit their columns on every database (SQLite would not check)
+        (("tenant", "create", "t" * 256), "at most 255 characters, this one has 256"),
+        (("edge", "create", "e" * 300), "at most 255 characters"),
+        (("entity", "create", "asset", "a" * 256), "at most 255 characters"),
+        (("entity", "update", "device", "d1", "--name", "n" * 256), "at most 255 characters"),
+        (("user", "create", "u" * 250 + "@acme.io", "--authority", "TENANT_ADMIN"), "at most 255"),
+        (("entity", "create", "asset", "a2", "--data", "@/nonexistent/a2.json"), "cannot read it"),
     ],
 )
-def test_bad_input_is_one_line_and_changes_nothing(run, sqlite_url, args, message):
+def test_bad_input_is_one_line_and_changes_nothing(run, db_url, args, message):
     j = run.json
-    j(sqlite_url, "init", "cloud")
-    j(sqlite_url, "tenant", "create", "Acme")
-    j(sqlite_url, "edge", "create", "e1")
-    j(sqlite_url, "entity", "create", "device", "d1")
-    j(sqlite_url, "entity", "create", "asset", "a1")
-    j(sqlite_url, "entity", "create", "entity_group", "G", "--data", '{"entity_type": "device"}')
-    snapshot = _snapshot(sqlite_url)
-    result = run(sqlite_url, *args, ok=False)
+    j(db_url, "init", "cloud")
+    j(db_url, "tenant", "create", "Acme")
+    j(db_url, "edge", "create", "e1")
+    j(db_url, "entity", "create", "device", "d1")
+    j(db_url, "entity", "create", "asset", "a1")
+    j(db_url, "entity", "create", "entity_group", "G", "--data", '{"entity_type": "device"}')
+    snapshot = _snapshot(db_url)
+    result = run(db_url, *args, ok=False)
     assert result.exit_code == 1
     err = result.stderr.strip()
     assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err, err
     assert result.stdout == ""
-    assert _snapshot(sqlite_url) == snapshot
+    assert _snapshot(db_url) == snapshot
+
+
+def test_data_from_a_file_or_stdin_and_its_size_limit(run, db_url, tmp_path):
+    from winstar_core.entity_types import MAX_DATA_BYTES
+
+    j = run.json
+    j(db_url, "init", "cloud")
+    j(db_url, "tenant", "create", "Acme")
+    doc = tmp_path / "dash.json"
+    doc.write_text(json.dumps({"title": "from a file", "configuration": {"blob": "x" * 100_000}}))
+    made = j(db_url, "entity", "create", "dashboard", "D", "--data", f"@{doc}")
+    assert made["data"]["title"] == "from a file" and len(made["data"]["configuration"]["blob"]) == 100_000
+    cli_input = json.dumps({"title": "from stdin"})
+    changed = json.loads(
+        run.runner.invoke(
+            run.cli,
+            ["--db", db_url, "entity", "update", "dashboard", "D", "--data", "-", "--json"],
+            input=cli_input,
+        ).stdout
+    )
+    assert changed["data"]["title"] == "from stdin" and changed["version"] == 2
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"configuration": {"blob": "x" * MAX_DATA_BYTES}}))
+    snapshot = _snapshot(db_url)
+    for args in (("create", "dashboard", "Big"), ("update", "dashboard", "D")):
+        result = run(db_url, "entity", *args, "--data", f"@{big}", ok=False)
+        err = result.stderr.strip()
+        assert result.exit_code == 1 and len(err.splitlines()) == 1, err
+        assert "larger than the 4,194,304 an entity may hold" in err, err
+    assert _snapshot(db_url) == snapshot
 
 
 def _snapshot(url: str):

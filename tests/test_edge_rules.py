@@ -123,6 +123,31 @@ def test_edge_created_name_collision_is_resolved_deterministically(cloud_node, e
     assert names == ["pump", "pump (edge-1)"]
 
 
+def test_renamed_long_names_still_fit_and_stay_distinct(cloud_node, edge_node, seed_edge):
+    edge_name, long = "E" * 255, "p" * 255
+    first = f"{long[: 255 - 203]} ({'E' * 200})"  # NAME (EDGE_NAME), both cut to fit 255
+    _, edge, _ = make_tenant_and_edge(cloud_node, edge=edge_name)
+    with cloud_node.cloud() as c:
+        t = c.find_tenant("Acme")
+        c.create_user("admin@acme.io", t, "TENANT_ADMIN")
+        c.create_entity("device", long, t)
+        c.create_entity("device", first, t)  # the first way out is taken too
+    seed_edge(cloud_node, edge_node, edge_name)
+    with edge_node.edge() as e:
+        dev = e.create_entity("device", long, None, user_email="admin@acme.io")
+    with edge_node.edge() as e:
+        ev = _as_pb(e.uplinks()[0])
+    for _ in range(2):  # delivered twice: still one device
+        with cloud_node.cloud() as c:
+            c.apply_uplink(c.find_edge(edge.id), ev)
+    with cloud_node.cloud() as c:
+        names = sorted(d.name for d in c.entities.list_entities("device"))
+        got = c.entities.find_entity("device", str(dev.id)).name
+    second = f" ({'E' * 200} {str(dev.id)[:8]})"
+    assert got == long[: 255 - len(second)] + second and len(got) == 255
+    assert len(names) == 3 and len(set(names)) == 3 and all(len(n) <= 255 for n in names)
+
+
 def _as_pb(row):
     from winstar_core.transport.pb import sync_pb2 as pb
 

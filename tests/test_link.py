@@ -13,6 +13,7 @@ from marshmallow import Schema, fields
 from procs import wait_until
 
 from winstar_core import EntityType, hookimpl
+from winstar_core.entity_types import MAX_DATA_BYTES
 from winstar_core.node import Node
 from winstar_core.services.common import ADDED, entity_state
 from winstar_core.store.models import EdgeEvent, Entity, EntityMember
@@ -282,6 +283,34 @@ def test_a_short_drain_says_nothing_and_a_long_one_says_when_it_ends():
     assert len(said) == 2
 
 
+def test_an_event_too_large_for_any_message_fails_and_the_link_goes_on(
+    cloud_node, tmp_path, platform, link_runner
+):
+    with cloud_node.cloud() as c:
+        t = c.create_tenant("Acme")
+        edge, secret = c.create_edge("e", t)
+        c.assign(edge, c.create_entity("asset", "before", t))
+        # written past the store's own limit (by a plugin, or under an older release): larger than
+        # any gRPC message the edge accepts, so it can never travel
+        huge = b"x" * (link.MAX_MESSAGE_BYTES + 1)
+        c.outbox.downlink(edge.id, OutboxEvent(t.id, "asset", ADDED, uuid.uuid4(), huge))
+        c.assign(edge, c.create_entity("asset", "after", t))
+    server = link_runner.start_cloud(cloud_node, 0)
+    node = Node(f"sqlite:///{tmp_path / 'e.db'}", platform=platform)
+    node.init_edge(f"127.0.0.1:{server.port}", edge.routing_key, secret)
+    h = link_runner.start_edge(node)
+    wait_until(lambda: _edge_names(node) == {"before", "after"}, what="the events around the large one")
+    wait_until(lambda: _pending(cloud_node) == 0)
+    with cloud_node.db.read() as conn:
+        rows = conn.execute(sa.select(EdgeEvent.status, EdgeEvent.error).order_by(EdgeEvent.seq)).all()
+    assert [status for status, _ in rows] == ["DELIVERED", "FAILED", "DELIVERED"]
+    assert f"{len(huge):,} bytes" in rows[1].error and "larger than" in rows[1].error
+    assert h.client.sessions == 1  # one session all along: the link never broke over it
+    link_runner.stop_edge(h)
+    link_runner.stop_cloud(server, 0.2)
+    node.close()
+
+
 @pytest.fixture
 def tls_files(tmp_path):
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
@@ -360,6 +389,17 @@ def test_forged_uplinks_are_refused(linked):
                     e.tenant_id, "device", "UPDATED", target, entity_state(ghost, e.types).SerializeToString()
                 )
             )
+        # past the store's limits (a name longer than its column, data heavier than an entity holds)
+        blob = {"blob": "x" * MAX_DATA_BYTES}
+        for name, data in (("n" * 300, {}), ("heavy", {"additional_info": blob})):
+            odd = Entity(id=uuid.uuid4(), tenant_id=e.tenant_id, type="device", name=name, version=1)
+            odd.data = e.types.get("device").validate(data)
+            e.outbox.uplink(
+                OutboxEvent(
+                    e.tenant_id, "device", ADDED, odd.id, entity_state(odd, e.types).SerializeToString()
+                )
+            )
+        e.create_entity("device", "sound", None, user_email="admin@acme.io")  # and a sound one after them
 
     def answered():
         with linked.edge.edge() as e:
@@ -374,7 +414,10 @@ def test_forged_uplinks_are_refused(linked):
         and any("another tenant" in f for f in failed)
     )
     assert any("not owned by this edge" in f for f in failed)
+    assert any("may be at most 255 characters, this one has 300" in f for f in failed)
+    assert any("an entity may hold" in f for f in failed)
     with linked.cloud.cloud() as c:
+        assert c.entities.find_entity("device", "sound").name == "sound"  # the events after them applied
         assert c.entities.find_entity("device", str(cloud_owned_id)).name == "cloud-owned"
         assert [d.name for d in c.entities.list_entities("device", other.id)] == ["theirs"]
 

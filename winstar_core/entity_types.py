@@ -15,6 +15,10 @@ from winstar_core.errors import InvalidData, NotFound, PluginError
 
 _SCHEMAS: dict[type, marshmallow.Schema] = {}
 
+#: the most an entity's data may weigh, as compact JSON: well inside one message of the link
+#: (16 MiB), so every change of an entity can travel
+MAX_DATA_BYTES = 4 * 1024 * 1024
+
 
 class EntityType:
     """Base class for an entity type. Subclass it, set the class attributes, register the class
@@ -63,6 +67,16 @@ class EntityType:
         return dict(cls.schema_instance().dump(loaded))
 
     @classmethod
+    def check_size(cls, data: Mapping[str, Any], size: int | None = None) -> None:
+        """Refuse data heavier than :data:`MAX_DATA_BYTES` (``size``: already measured)."""
+        if size is None:
+            size = len(json.dumps(data, separators=(",", ":"), default=str).encode())
+        if size > MAX_DATA_BYTES:
+            raise InvalidData(
+                f"{cls.name} data of {size:,} bytes is larger than the {MAX_DATA_BYTES:,} an entity may hold"
+            )
+
+    @classmethod
     def merge(cls, current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
         """The data after an update: by default, top-level keys of ``changes`` replace ``current``."""
         return cls.validate({**current, **changes})
@@ -75,6 +89,7 @@ class EntityType:
     @classmethod
     def deserialize(cls, payload: bytes) -> dict[str, Any]:
         """Read a payload produced by :meth:`serialize` (possibly by the peer), validating it."""
+        cls.check_size({}, len(payload))
         try:
             raw = json.loads(payload.decode() or "{}")
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -21,7 +21,12 @@ def entity_cli() -> None:
 @click.argument("type_name", metavar="TYPE")
 @click.argument("name")
 @click.option("--tenant", "tenant_ref", help="tenant name or id (cloud; default: the only tenant)")
-@click.option("--data", "raw_data", metavar="JSON", help="the entity's data as a JSON object")
+@click.option(
+    "--data",
+    "raw_data",
+    metavar="JSON",
+    help="the entity's data as a JSON object (@FILE: read from a file, -: from stdin)",
+)
 @click.option("--user", "user_email", metavar="EMAIL", help="on an edge: the user creating the entity")
 @click.option("--customer", "customer_ref", help="cloud: customer name or id that owns the entity")
 @node_options
@@ -53,7 +58,12 @@ def entity_create(
 @click.argument("type_name", metavar="TYPE")
 @click.argument("ref", metavar="REF")
 @click.option("--name", "new_name", help="the new name")
-@click.option("--data", "raw_data", metavar="JSON", help="keys to change, as a JSON object")
+@click.option(
+    "--data",
+    "raw_data",
+    metavar="JSON",
+    help="keys to change, as a JSON object (@FILE: read from a file, -: from stdin)",
+)
 @click.option("--tenant", "tenant_ref", help="tenant name or id, when the name is ambiguous")
 @node_options
 def entity_update(

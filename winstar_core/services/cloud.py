@@ -23,7 +23,9 @@ from winstar_core.services.common import (
     ADDED,
     AUTHORITIES,
     DELETED,
+    EDGE_SUFFIX,
     LIVENESS_MS,
+    MAX_NAME,
     MEMBER_ADDED,
     MEMBER_REMOVED,
     SYNC_EVENT_TYPE,
@@ -32,7 +34,9 @@ from winstar_core.services.common import (
     USER_EVENT_TYPE,
     BatchCache,
     EntityStore,
+    clean_name,
     entity_state,
+    fit_name,
     get_config,
     parse_uuid,
 )
@@ -114,9 +118,7 @@ class CloudService:
     # ---------------------------------------------------------------------------------------------
 
     def create_tenant(self, name: str) -> Tenant:
-        name = name.strip()
-        if not name:
-            raise WinstarError("a tenant needs a non-empty name")
+        name = clean_name(name, "a tenant")
         if self.session.scalars(sa.select(Tenant).where(Tenant.name == name)).first():
             raise Conflict(f"a tenant named {name!r} already exists")
         tenant = Tenant(name=name, created_time=now_ms())
@@ -154,9 +156,7 @@ class CloudService:
         return list(self.session.scalars(sa.select(Tenant).order_by(Tenant.name)))
 
     def create_customer(self, name: str, tenant: Tenant) -> Customer:
-        name = name.strip()
-        if not name:
-            raise WinstarError("a customer needs a non-empty name")
+        name = clean_name(name, "a customer")
         if self.session.scalars(
             sa.select(Customer).where(Customer.tenant_id == tenant.id, Customer.name == name)
         ).first():
@@ -182,11 +182,12 @@ class CloudService:
         perms = sorted({parse_permission(p) for p in permissions})
         if not perms:
             raise WinstarError("a role needs at least one --permission RESOURCE:OPERATION")
+        name = clean_name(name, "a role")
         if self.session.scalars(
             sa.select(Role).where(Role.tenant_id == tenant.id, Role.name == name)
         ).first():
             raise Conflict(f"a role named {name!r} already exists in tenant {tenant.name!r}")
-        role = Role(tenant_id=tenant.id, name=name.strip(), permissions=perms, created_time=now_ms())
+        role = Role(tenant_id=tenant.id, name=name, permissions=perms, created_time=now_ms())
         self.session.add(role)
         self.session.flush()
         return role
@@ -215,8 +216,13 @@ class CloudService:
         roles = list(roles)
         if roles and self.edition != "pe":
             raise WinstarError("roles exist only on a PE cloud (this cloud is CE)")
+        email = email.strip()
         if "@" not in email:
             raise WinstarError(f"{email!r} is not an email address")
+        if len(email) > MAX_NAME:
+            raise WinstarError(
+                f"an email address may be at most {MAX_NAME} characters, this one has {len(email)}"
+            )
         if self.session.scalars(sa.select(User).where(User.email == email)).first():
             raise Conflict(f"a user with email {email!r} already exists")
         now = now_ms()
@@ -271,9 +277,7 @@ class CloudService:
     # ---------------------------------------------------------------------------------------------
 
     def create_edge(self, name: str, tenant: Tenant, customer: Customer | None = None) -> tuple[Edge, str]:
-        name = name.strip()
-        if not name:
-            raise WinstarError("an edge needs a non-empty name")
+        name = clean_name(name, "an edge")
         if self.session.scalars(
             sa.select(Edge).where(Edge.tenant_id == tenant.id, Edge.name == name)
         ).first():
@@ -584,7 +588,12 @@ class CloudService:
         """The name an edge-created entity gets in the cloud. If ``name`` is taken in the tenant by
         another entity, the deterministic ``NAME (EDGE_NAME)``, then ``NAME (EDGE_NAME ID8)``; the
         cloud sends the entity back under that name, so the edge ends up agreeing."""
-        for candidate in (name, f"{name} ({edge.name})", f"{name} ({edge.name} {str(entity_id)[:8]})"):
+        where = edge.name[:EDGE_SUFFIX]
+        for candidate in (
+            name,
+            fit_name(name, f" ({where})"),
+            fit_name(name, f" ({where} {str(entity_id)[:8]})"),
+        ):
             if self.batch is not None and self.batch.name_holder(type_name, candidate) is None:
                 return candidate  # free when the batch began, and no event of it took it since
             clash = self.session.scalars(
@@ -594,7 +603,7 @@ class CloudService:
             ).first()
             if clash is None or clash == entity_id:
                 return candidate
-        return f"{name} ({edge.name} {entity_id})"
+        return fit_name(name, f" ({entity_id})")  # the id alone is unique
 
     def apply_uplink(self, edge: Edge, event: pb.Event) -> None:
         """Apply one change an edge sent. Raises a :class:`WinstarError` (the edge sees its message

@@ -110,11 +110,46 @@ def event_json(ev: Any) -> dict[str, Any]:
     }
 
 
+#: names (of tenants, customers, roles, edges, entities) and emails are at most this long
+MAX_NAME = 255
+
+
+def clean_name(raw: str, what: str) -> str:
+    """``raw`` stripped, refused when empty or longer than :data:`MAX_NAME` (``what``: "a tenant")."""
+    name = raw.strip()
+    if not name:
+        raise WinstarError(f"{what} needs a non-empty name")
+    if len(name) > MAX_NAME:
+        raise WinstarError(f"{what}'s name may be at most {MAX_NAME} characters, this one has {len(name)}")
+    return name
+
+
+#: how much of an edge's name goes into the suffix of a renamed entity (``NAME (EDGE_NAME)``)
+EDGE_SUFFIX = 200
+
+
+def fit_name(name: str, suffix: str) -> str:
+    """``name`` + ``suffix``, ``name`` shortened so that the whole stays within :data:`MAX_NAME`."""
+    return name[: MAX_NAME - len(suffix)] + suffix
+
+
 def parse_json_data(raw: str | None) -> dict[str, Any] | None:
+    """``--data``: a JSON object, ``@PATH`` to read it from a file, or ``-`` for standard input."""
     if raw is None:
         return None
     import json
+    import sys
 
+    if raw == "-":
+        raw = sys.stdin.read()
+    elif raw.startswith("@"):
+        try:
+            with open(raw[1:], encoding="utf-8") as fh:
+                raw = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise WinstarError(
+                f"--data {raw}: cannot read it ({getattr(exc, 'strerror', None) or exc})"
+            ) from None
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -239,10 +274,12 @@ class EntityStore:
         """Insert a new entity. ``validated``: ``data`` went through the type's schema already;
         ``checked``: the caller made sure the name and the id are free."""
         etype = self.types.get(type_name)
-        name = name.strip()
-        if not name:
-            raise WinstarError("an entity needs a non-empty name")
-        clean = dict(data or {}) if validated else etype.validate(data)
+        name = clean_name(name, "an entity")
+        if validated:
+            clean = dict(data or {})
+        else:
+            clean = etype.validate(data)
+            etype.check_size(clean)
         if not checked:
             self.check_name_free(tenant_id, type_name, name)
             if entity_id is not None and self.session.get(Entity, entity_id) is not None:
@@ -270,14 +307,14 @@ class EntityStore:
         etype = self.types.get(entity.type)
         changed = False
         if name is not None and name.strip() != entity.name:
-            if not name.strip():
-                raise WinstarError("an entity needs a non-empty name")
-            self.check_name_free(entity.tenant_id, entity.type, name.strip(), but=entity.id)
-            entity.name = name.strip()
+            name = clean_name(name, "an entity")
+            self.check_name_free(entity.tenant_id, entity.type, name, but=entity.id)
+            entity.name = name
             changed = True
         if data is not None:
             merged = etype.merge(entity.data, data)
             if merged != entity.data:
+                etype.check_size(merged)
                 entity.data = merged
                 changed = True
         if changed:

@@ -15,6 +15,7 @@ from winstar_core.services.common import (
     ADDED,
     DELETED,
     EDGE_EVENT_TYPE,
+    EDGE_SUFFIX,
     MEMBER_ADDED,
     MEMBER_REMOVED,
     SYNC_EVENT_TYPE,
@@ -24,6 +25,7 @@ from winstar_core.services.common import (
     BatchCache,
     EntityStore,
     entity_state,
+    fit_name,
     get_config,
     parse_uuid,
     set_config,
@@ -313,7 +315,7 @@ class EdgeService:
         if clash is not None:
             if clash.origin_edge_id is not None and clash.origin_edge_id == self.edge_id:
                 # Our own entity lost the name in the cloud: same deterministic rule as the cloud.
-                clash.name = f"{clash.name} ({self.config('edge_name')})"
+                clash.name = fit_name(clash.name, f" ({str(self.config('edge_name'))[:EDGE_SUFFIX]})")
                 self.session.flush()
             else:
                 raise WinstarError(

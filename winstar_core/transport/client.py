@@ -217,6 +217,7 @@ class EdgeClient:
             max_in_flight=self.max_in_flight,
             poll_interval=self.poll_interval,
             max_bytes=limit // 2,
+            peer_limit=limit,
             progress=DrainProgress("uplinks to the cloud"),
         )
         self._sender = sender

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 500
 MAX_IN_FLIGHT = 4
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: room left in a message for the batch's envelope around one event's body
+ENVELOPE_BYTES = 64 * 1024
 #: seconds between two progress lines of a long drain; a drain shorter than this says nothing
 PROGRESS_EVERY_S = 2.0
 #: errors that reject one event (a FAILED verdict); anything else (the database is down...) is
@@ -57,6 +59,7 @@ REJECTIONS: tuple[type[BaseException], ...] = (
     TypeError,
     KeyError,
     sa.exc.IntegrityError,
+    sa.exc.DataError,  # a value the database refuses (too long, out of range): the data's fault
 )
 
 
@@ -210,6 +213,8 @@ class Sender:
     max_in_flight: int = MAX_IN_FLIGHT
     poll_interval: float = 0.2
     max_bytes: int = MAX_MESSAGE_BYTES // 2
+    #: the largest message the peer accepts: an event that cannot fit in one is FAILED, not sent
+    peer_limit: int = MAX_MESSAGE_BYTES
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _in_flight: collections.deque[int] = field(default_factory=collections.deque)
     sent: int = 0
@@ -229,12 +234,37 @@ class Sender:
                         self.progress.idle()
                     break
                 cursor = events[-1].seq
+                self.progress.sending()
+                events = await self._refuse_oversize(events)
+                if not events:
+                    continue
                 self._in_flight.append(cursor)
                 self.sent += len(events)
-                self.progress.sending()
                 await self.send(events)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+
+    async def _refuse_oversize(self, events: list[pb.Event]) -> list[pb.Event]:
+        """FAIL the events no message to the peer can carry (sending one would break the link,
+        and the reconnect would send it again: the stream would never move past it)."""
+        room = self.peer_limit - ENVELOPE_BYTES
+        if all(len(e.body) <= room for e in events):
+            return events
+        refused = [
+            pb.EventResult(
+                seq=e.seq,
+                ok=False,
+                error=f"the event is {len(e.body):,} bytes, larger than the {room:,} bytes"
+                " one message to the peer can carry",
+            )
+            for e in events
+            if len(e.body) > room
+        ]
+        for r in refused:
+            log.warning("event %s not sent: %s", r.seq, r.error)
+        await asyncio.to_thread(self.stream.acknowledge, refused)
+        self.progress.acked(refused)
+        return [e for e in events if len(e.body) <= room]
 
     async def on_ack(self, ack: pb.BatchAck) -> None:
         await asyncio.to_thread(self.stream.acknowledge, list(ack.results))
@@ -257,7 +287,11 @@ class _Rejected(Exception):
 
 
 def reason(exc: BaseException) -> str:
-    text = str(exc.orig) if isinstance(exc, sa.exc.IntegrityError) else str(exc) or type(exc).__name__
+    text = (
+        str(exc.orig)
+        if isinstance(exc, sa.exc.IntegrityError | sa.exc.DataError)
+        else str(exc) or type(exc).__name__
+    )
     return text.strip().splitlines()[0][:1000] if text.strip() else type(exc).__name__
 
 

@@ -74,6 +74,7 @@ class EdgeSession:
             max_in_flight=server.max_in_flight,
             poll_interval=server.poll_interval,
             max_bytes=limit // 2,
+            peer_limit=limit,
             progress=DrainProgress(f"downlinks to edge {edge_id}"),
         )
         self.receiver = uplink_receiver(self.node, edge_id)

@@ -145,6 +145,8 @@ def test_pe_roles(run, sqlite_url):
         (("entity", "update", "device", "d1", "--name", "n" * 256), "at most 255 characters"),
         (("user", "create", "u" * 250 + "@acme.io", "--authority", "TENANT_ADMIN"), "at most 255"),
         (("entity", "create", "asset", "a2", "--data", "@/nonexistent/a2.json"), "cannot read it"),
+        (("entity", "create", "asset", "a2", "--data", '{"label": "a\\u0000b"}'), "NUL character"),
+        (("entity", "update", "asset", "a1", "--data", '{"additional_info": {"k\\u0000": 1}}'), "NUL"),
     ],
 )
 def test_bad_input_is_one_line_and_changes_nothing(run, db_url, args, message):

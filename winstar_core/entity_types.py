@@ -15,6 +15,17 @@ from winstar_core.errors import InvalidData, NotFound, PluginError
 
 _SCHEMAS: dict[type, marshmallow.Schema] = {}
 
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 #: the most an entity's data may weigh, as compact JSON: well inside one message of the link
 #: (16 MiB), so every change of an entity can travel
 MAX_DATA_BYTES = 4 * 1024 * 1024
@@ -67,9 +78,12 @@ class EntityType:
         return dict(cls.schema_instance().dump(loaded))
 
     @classmethod
-    def check_size(cls, data: Mapping[str, Any], size: int | None = None) -> None:
-        """Refuse data heavier than :data:`MAX_DATA_BYTES` (``size``: already measured)."""
+    def check_storable(cls, data: Mapping[str, Any], size: int | None = None) -> None:
+        """Refuse data heavier than :data:`MAX_DATA_BYTES` (``size``: already measured, of a
+        peer's payload) or holding a NUL character, which PostgreSQL cannot store in JSON."""
         if size is None:
+            if _has_nul(data):
+                raise InvalidData(f"{cls.name} data may not contain the NUL character (\\u0000)")
             size = len(json.dumps(data, separators=(",", ":"), default=str).encode())
         if size > MAX_DATA_BYTES:
             raise InvalidData(
@@ -89,7 +103,7 @@ class EntityType:
     @classmethod
     def deserialize(cls, payload: bytes) -> dict[str, Any]:
         """Read a payload produced by :meth:`serialize` (possibly by the peer), validating it."""
-        cls.check_size({}, len(payload))
+        cls.check_storable({}, len(payload))
         try:
             raw = json.loads(payload.decode() or "{}")
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

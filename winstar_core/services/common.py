@@ -119,6 +119,8 @@ def clean_name(raw: str, what: str) -> str:
     name = raw.strip()
     if not name:
         raise WinstarError(f"{what} needs a non-empty name")
+    if "\x00" in name:
+        raise WinstarError(f"{what}'s name may not contain the NUL character")
     if len(name) > MAX_NAME:
         raise WinstarError(f"{what}'s name may be at most {MAX_NAME} characters, this one has {len(name)}")
     return name
@@ -279,7 +281,7 @@ class EntityStore:
             clean = dict(data or {})
         else:
             clean = etype.validate(data)
-            etype.check_size(clean)
+            etype.check_storable(clean)
         if not checked:
             self.check_name_free(tenant_id, type_name, name)
             if entity_id is not None and self.session.get(Entity, entity_id) is not None:
@@ -314,7 +316,7 @@ class EntityStore:
         if data is not None:
             merged = etype.merge(entity.data, data)
             if merged != entity.data:
-                etype.check_size(merged)
+                etype.check_storable(merged)
                 entity.data = merged
                 changed = True
         if changed:

@@ -147,6 +147,11 @@ def test_pe_roles(run, sqlite_url):
         (("entity", "create", "asset", "a2", "--data", "@/nonexistent/a2.json"), "cannot read it"),
         (("entity", "create", "asset", "a2", "--data", '{"label": "a\\u0000b"}'), "NUL character"),
         (("entity", "update", "asset", "a1", "--data", '{"additional_info": {"k\\u0000": 1}}'), "NUL"),
+        (("entity", "create", "asset", "a2", "--data", '{"additional_info": {"x": 1e400}}'), "(inf)"),
+        (("entity", "create", "asset", "a2", "--data", '{"additional_info": {"x": NaN}}'), "(nan)"),
+        (("entity", "create", "asset", "a2", "--data", '{"label": "\\ud800"}'), "lone surrogate"),
+        (("tenant", "create", "bad\udcffbyte"), "not valid UTF-8 text"),
+        (("entity", "show", "asset", "a\udcff"), "argument 'a\\udcff' is not valid UTF-8 text"),
     ],
 )
 def test_bad_input_is_one_line_and_changes_nothing(run, db_url, args, message):
@@ -254,3 +259,23 @@ def test_edge_commands(run, platform, tmp_path, sqlite_url):
     assert "cannot be created on an edge" in no_dash.stderr
     assert j(edge_db, "entity", "update", "device", "d1", "--data", '{"label": "L"}')["version"] == 2
     assert [u["action"] for u in j(edge_db, "uplinks")] == ["UPDATED", "ADDED"]
+
+
+def test_the_services_refuse_what_the_database_could_not_store(cloud_node):
+    """The same limits hold for a caller of the services (a plugin, a script), not only the CLI."""
+    from winstar_core.errors import WinstarError
+
+    with cloud_node.cloud() as c:
+        t = c.create_tenant("Acme")
+    for make in (
+        lambda c: c.create_tenant("bad\udcff"),
+        lambda c: c.create_tenant("nul\x00"),
+        lambda c: c.create_edge("e" * 256, t),
+        lambda c: c.create_entity("asset", "a", t, {"additional_info": {"x": float("nan")}}),
+        lambda c: c.create_entity("asset", "a", t, {"additional_info": {"\x00": 1}}),
+    ):
+        with pytest.raises(WinstarError), cloud_node.cloud() as c:
+            make(c)
+    with cloud_node.cloud() as c:
+        assert [x.name for x in c.list_tenants()] == ["Acme"]
+        assert c.list_edges() == [] and c.entities.list_entities("asset") == []

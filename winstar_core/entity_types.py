@@ -6,6 +6,7 @@ The core never names a concrete type: everything it needs to know about one is o
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -16,14 +17,29 @@ from winstar_core.errors import InvalidData, NotFound, PluginError
 _SCHEMAS: dict[type, marshmallow.Schema] = {}
 
 
-def _has_nul(value: Any) -> bool:
+def _unstorable(value: Any) -> str | None:
+    """Why PostgreSQL's JSONB (and the JSON on the wire) cannot hold ``value``, or None."""
     if isinstance(value, str):
-        return "\x00" in value
+        if "\x00" in value:
+            return "the NUL character (\\u0000)"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"a lone surrogate ({value!r} is not valid Unicode text)"
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"a number JSON cannot write ({value})"
     if isinstance(value, Mapping):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_has_nul(v) for v in value)
-    return False
+        for k, v in value.items():
+            why = _unstorable(k) or _unstorable(v)
+            if why:
+                return why
+    elif isinstance(value, list | tuple):
+        for v in value:
+            why = _unstorable(v)
+            if why:
+                return why
+    return None
 
 
 #: the most an entity's data may weigh, as compact JSON: well inside one message of the link
@@ -80,10 +96,11 @@ class EntityType:
     @classmethod
     def check_storable(cls, data: Mapping[str, Any], size: int | None = None) -> None:
         """Refuse data heavier than :data:`MAX_DATA_BYTES` (``size``: already measured, of a
-        peer's payload) or holding a NUL character, which PostgreSQL cannot store in JSON."""
+        peer's payload) or holding what PostgreSQL cannot store in JSON (see :func:`_unstorable`)."""
         if size is None:
-            if _has_nul(data):
-                raise InvalidData(f"{cls.name} data may not contain the NUL character (\\u0000)")
+            why = _unstorable(data)
+            if why:
+                raise InvalidData(f"{cls.name} data may not contain {why}")
             size = len(json.dumps(data, separators=(",", ":"), default=str).encode())
         if size > MAX_DATA_BYTES:
             raise InvalidData(

@@ -22,6 +22,14 @@ def _first_line(text: str) -> str:
 class WinstarGroup(click.Group):
     """Turns a user's mistake into one line on stderr and a non-zero exit, never a traceback."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for arg in args:  # bytes that are not UTF-8 reach Python as lone surrogates
+            try:
+                arg.encode("utf-8")
+            except UnicodeEncodeError:
+                raise click.ClickException(f"argument {arg!r} is not valid UTF-8 text") from None
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

@@ -121,6 +121,10 @@ def clean_name(raw: str, what: str) -> str:
         raise WinstarError(f"{what} needs a non-empty name")
     if "\x00" in name:
         raise WinstarError(f"{what}'s name may not contain the NUL character")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise WinstarError(f"{what}'s name is not valid UTF-8 text: {name!r}") from None
     if len(name) > MAX_NAME:
         raise WinstarError(f"{what}'s name may be at most {MAX_NAME} characters, this one has {len(name)}")
     return name
@@ -143,7 +147,10 @@ def parse_json_data(raw: str | None) -> dict[str, Any] | None:
     import sys
 
     if raw == "-":
-        raw = sys.stdin.read()
+        try:
+            raw = sys.stdin.read()
+        except UnicodeDecodeError as exc:
+            raise WinstarError(f"--data -: standard input is not UTF-8 text ({exc.reason})") from None
     elif raw.startswith("@"):
         try:
             with open(raw[1:], encoding="utf-8") as fh:

@@ -138,6 +138,7 @@ def test_pe_roles(run, sqlite_url):
         (("user", "create", "x@acme.io", "--authority", "CUSTOMER_USER"), "needs --customer"),
         (("edge", "unassign", "e1", "device", "d1"), "is not assigned"),
         (("group", "add", "G", "asset", "a1"), "does not hold"),
+        (("group", "remove", "G", "device", ""), "no device ''"),
         # names and emails fit their columns on every database (SQLite would not check)
         (("tenant", "create", "t" * 256), "at most 255 characters, this one has 256"),
         (("edge", "create", "e" * 300), "at most 255 characters"),

@@ -89,7 +89,11 @@ def _resolve(
     svc: Any, group_ref: str, type_name: str | None = None, ref: str | None = None
 ) -> tuple[Any, Any]:
     group = svc.entities.find_entity(GROUP_TYPE, group_ref)
-    member = svc.entities.find_entity(type_name, ref, group.tenant_id) if type_name and ref else None
+    member = (
+        svc.entities.find_entity(type_name, ref, group.tenant_id)
+        if type_name is not None and ref is not None
+        else None
+    )
     return group, member
 
 

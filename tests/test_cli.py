@@ -17,7 +17,7 @@ def run(platform):
     runner = CliRunner()
 
     def invoke(db: str, *args: str, ok: bool = True):
-        result = runner.invoke(cli, ["--db", db, *args], catch_exceptions=False)
+        result = runner.invoke(cli, ["--db", db, *args], catch_exceptions=False, prog_name="winstar")
         if ok:
             assert result.exit_code == 0, result.stderr or result.output
         return result
@@ -170,6 +170,26 @@ def test_bad_input_is_one_line_and_changes_nothing(run, db_url, args, message):
     assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err, err
     assert result.stdout == ""
     assert _snapshot(db_url) == snapshot
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("bogus",), "No such command 'bogus'. (see 'winstar --help')"),
+        (("--bogus",), "No such option '--bogus'"),
+        (("entity", "create"), "Missing argument 'TYPE'. (see 'winstar entity create --help')"),
+        (("edge", "downlinks", "e1", "--status", "nope"), "'nope' is not one of"),
+        (("edge", "retry", "e1", "99999999999999999999999"), "is not in the range"),
+    ],
+)
+def test_usage_mistakes_are_one_line_too(run, sqlite_url, args, message):
+    run(sqlite_url, "init", "cloud")
+    run(sqlite_url, "tenant", "create", "Acme")
+    run(sqlite_url, "edge", "create", "e1")
+    result = run(sqlite_url, *args, ok=False)
+    err = result.stderr.strip()
+    assert result.exit_code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert result.stdout == ""
 
 
 def test_data_from_a_file_or_stdin_and_its_size_limit(run, db_url, tmp_path):

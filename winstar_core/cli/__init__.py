@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import sqlalchemy as sa
@@ -19,6 +19,21 @@ def _first_line(text: str) -> str:
     return text.splitlines()[0] if text else "unknown error"
 
 
+class UsageMistake(click.ClickException):
+    """A command line click could not parse, said in one line (click's own form adds the usage
+    text around it); exits 2 like any usage error."""
+
+    exit_code = 2
+
+
+def _one_line_usage(exc: click.UsageError) -> NoReturn:
+    """Raise the one-line form of ``exc``; a bare group (whose help is the answer) keeps click's."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        raise exc
+    where = exc.ctx.command_path if exc.ctx is not None else "winstar"
+    raise UsageMistake(f"{_first_line(exc.format_message())} (see '{where} --help')") from None
+
+
 class WinstarGroup(click.Group):
     """Turns a user's mistake into one line on stderr and a non-zero exit, never a traceback."""
 
@@ -28,11 +43,16 @@ class WinstarGroup(click.Group):
                 arg.encode("utf-8")
             except UnicodeEncodeError:
                 raise click.ClickException(f"argument {arg!r} is not valid UTF-8 text") from None
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            _one_line_usage(exc)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            _one_line_usage(exc)
         except WinstarError as exc:
             raise click.ClickException(_first_line(str(exc))) from None
         except sa.exc.IntegrityError as exc:

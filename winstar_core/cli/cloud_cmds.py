@@ -280,7 +280,7 @@ def edge_downlinks(
 
 @edge_group.command("retry")
 @click.argument("edge_ref", metavar="EDGE")
-@click.argument("seqs", metavar="[SEQ]...", nargs=-1, type=int)
+@click.argument("seqs", metavar="[SEQ]...", nargs=-1, type=click.IntRange(1, 2**63 - 1))
 @click.option("--tenant", "tenant_ref", help="tenant name or id, when the edge name is ambiguous")
 @node_options
 def edge_retry(edge_ref: str, seqs: tuple[int, ...], tenant_ref: str | None, as_json: bool) -> None:

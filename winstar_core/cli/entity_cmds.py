@@ -150,7 +150,7 @@ def uplinks(status: str | None, limit: int | None, as_json: bool) -> None:
 
 
 @click.command("retry")
-@click.argument("seqs", metavar="[SEQ]...", nargs=-1, type=int)
+@click.argument("seqs", metavar="[SEQ]...", nargs=-1, type=click.IntRange(1, 2**63 - 1))
 @node_options
 def retry_uplinks(seqs: tuple[int, ...], as_json: bool) -> None:
     """Edge: send failed uplinks again (all of them, or the SEQs given), as new events."""

@@ -139,6 +139,8 @@ def test_pe_roles(run, sqlite_url):
         (("edge", "unassign", "e1", "device", "d1"), "is not assigned"),
         (("group", "add", "G", "asset", "a1"), "does not hold"),
         (("group", "remove", "G", "device", ""), "no device ''"),
+        (("run", "--listen", "127.0.0.1:99999"), "the port must be 0-65535"),  # gRPC would wrap it
+        (("init", "edge", "--cloud", "h:0", "--routing-key", "k", "--secret", "s"), "port must be 1-65535"),
         # names and emails fit their columns on every database (SQLite would not check)
         (("tenant", "create", "t" * 256), "at most 255 characters, this one has 256"),
         (("edge", "create", "e" * 300), "at most 255 characters"),

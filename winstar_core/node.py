@@ -99,8 +99,7 @@ class Node:
         secret_file: str | None = None,
         ca_file: str | None = None,
     ) -> bool:
-        if ":" not in cloud:
-            raise WinstarError(f"--cloud must be HOST:PORT, not {cloud!r}")
+        check_address(cloud, "--cloud")
         if not routing_key or not secret:
             raise WinstarError("--routing-key and --secret are both required")
         current = self.role()
@@ -135,6 +134,17 @@ class Node:
             service = EdgeService(session, self.platform)
             yield service
             service.outbox.flush(session)
+
+
+def check_address(addr: str, option: str, *, any_port: bool = False) -> str:
+    """``HOST:PORT`` (``[v6]:PORT`` too) with a port gRPC will really use: 1-65535, or 0 (a free
+    port) when ``any_port``; anything else is refused, gRPC would silently wrap it."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise WinstarError(f"{option} must be HOST:PORT, not {addr!r}")
+    if not (0 if any_port else 1) <= int(port) <= 65535:
+        raise WinstarError(f"{option} {addr!r}: the port must be {'0' if any_port else '1'}-65535")
+    return addr
 
 
 def default_secret_file(url: str, routing_key: str) -> Path:

@@ -11,7 +11,7 @@ import click
 
 from winstar_core.cli.api import current_node, db_option
 from winstar_core.errors import WinstarError
-from winstar_core.node import CLOUD, Node
+from winstar_core.node import CLOUD, Node, check_address
 
 
 def _read(path: str | None, what: str) -> bytes | None:
@@ -97,6 +97,7 @@ async def _run_cloud(
 
     stop = asyncio.Event()
     _stop_on_signals(stop)
+    check_address(listen_addr, "--listen", any_port=True)
     server = CloudServer(
         node, listen_addr, tls_cert=tls[0], tls_key=tls[1], batch_size=batch_size, max_in_flight=max_in_flight
     )

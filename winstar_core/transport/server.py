@@ -331,7 +331,7 @@ class CloudServer:
             self._listener = asyncio.create_task(
                 listen(self.node.db, NOTIFY_CHANNEL_DOWNLINK, self._on_notify, self._stop)
             )
-        log.info("cloud serving edges on %s", self.listen_addr)
+        log.info("cloud serving edges on %s (port %s)", self.listen_addr, self.port)
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:

@@ -113,11 +113,7 @@ def test_edge_created_name_collision_is_resolved_deterministically(cloud_node, e
     seed_edge(cloud_node, edge_node, "edge-1")
     with edge_node.edge() as e:
         e.create_entity("device", "pump", None, user_email="admin@acme.io")
-    with edge_node.edge() as e:
-        ev = _as_pb(e.uplinks()[0])
-    for _ in range(2):  # delivered twice: still one device
-        with cloud_node.cloud() as c:
-            c.apply_uplink(c.find_edge(edge.id), ev)
+    _apply_first_uplink_twice(cloud_node, edge_node, edge.id)
     with cloud_node.cloud() as c:
         names = sorted(d.name for d in c.entities.list_entities("device"))
     assert names == ["pump", "pump (edge-1)"]
@@ -135,17 +131,22 @@ def test_renamed_long_names_still_fit_and_stay_distinct(cloud_node, edge_node, s
     seed_edge(cloud_node, edge_node, edge_name)
     with edge_node.edge() as e:
         dev = e.create_entity("device", long, None, user_email="admin@acme.io")
-    with edge_node.edge() as e:
-        ev = _as_pb(e.uplinks()[0])
-    for _ in range(2):  # delivered twice: still one device
-        with cloud_node.cloud() as c:
-            c.apply_uplink(c.find_edge(edge.id), ev)
+    _apply_first_uplink_twice(cloud_node, edge_node, edge.id)
     with cloud_node.cloud() as c:
         names = sorted(d.name for d in c.entities.list_entities("device"))
         got = c.entities.find_entity("device", str(dev.id)).name
     second = f" ({'E' * 200} {str(dev.id)[:8]})"
     assert got == long[: 255 - len(second)] + second and len(got) == 255
     assert len(names) == 3 and len(set(names)) == 3 and all(len(n) <= 255 for n in names)
+
+
+def _apply_first_uplink_twice(cloud_node, edge_node, edge_id):
+    """The edge's first uplink applied in the cloud twice: a redelivery must change nothing."""
+    with edge_node.edge() as e:
+        ev = _as_pb(e.uplinks()[0])
+    for _ in range(2):
+        with cloud_node.cloud() as c:
+            c.apply_uplink(c.find_edge(edge_id), ev)
 
 
 def _as_pb(row):

@@ -6,6 +6,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from winstar_core.cli import build_cli
 from winstar_core.node import Node
@@ -302,3 +304,87 @@ def test_the_services_refuse_what_the_database_could_not_store(cloud_node):
     with cloud_node.cloud() as c:
         assert [x.name for x in c.list_tenants()] == ["Acme"]
         assert c.list_edges() == [] and c.entities.list_entities("asset") == []
+
+
+_ODD = st.sampled_from(
+    [
+        "",
+        " ",
+        "x" * 300,
+        "Acme",
+        "e1",
+        "d1",
+        "G",
+        "device",
+        "asset",
+        "entity_group",
+        "nope",
+        "-",
+        "0",
+        "99999999999999999999999",
+        "{}",
+        "[]",
+        '{"label": 5}',
+        '{"x": NaN}',
+        "a\udcffb",
+        "💥",
+        "'; DROP TABLE entity; --",
+        "00000000-0000-0000-0000-000000000000",
+        "pending",
+        "TENANT_ADMIN",
+        "DEVICE:WRITE",
+    ]
+)
+_COMMANDS = [
+    ("tenant", "create", 0),
+    ("customer", "create", 0, "--tenant", 1),
+    ("edge", "create", 0, "--tenant", 1),
+    ("user", "create", 0, "--authority", 1),
+    ("entity", "create", 0, 1, "--data", 2),
+    ("entity", "update", 0, 1, "--name", 2),
+    ("entity", "update", 0, 1, "--data", 2),
+    ("entity", "delete", 0, 1),
+    ("entity", "show", 0, 1),
+    ("entity", "list", 0, "--tenant", 1),
+    ("edge", "assign", 0, 1, 2),
+    ("edge", "unassign", 0, 1, 2),
+    ("edge", "entities", 0),
+    ("edge", "downlinks", 0, "--status", 1),
+    ("edge", "sync", 0),
+    ("edge", "retry", 0, 1),
+    ("group", "add", 0, 1, 2),
+    ("group", "remove", 0, 1, 2),
+    ("group", "members", 0),
+    ("uplinks", "--status", 0),
+    ("init", "edge", "--cloud", 0, "--routing-key", 1, "--secret", 2),
+]
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    command=st.sampled_from(_COMMANDS),
+    values=st.lists(st.one_of(_ODD, _ODD, _ODD, st.text(max_size=20)), min_size=3, max_size=3),
+    as_json=st.booleans(),
+)
+# what it found once, kept as examples
+@example(command=("group", "remove", 0, 1, 2), values=["G", "device", ""], as_json=False)
+@example(command=("edge", "retry", 0, 1), values=["e1", "99999999999999999999999", ""], as_json=True)
+@example(command=("entity", "create", 0, 1, "--data", 2), values=["asset", "a", '{"x": NaN}'], as_json=False)
+def test_no_argument_makes_a_traceback(run, sqlite_url, command, values, as_json):
+    """Whatever the arguments: exit 0, or one line on stderr with exit 1 (refused) or 2 (not
+    understood), never an exception out of the command."""
+    if not Node(sqlite_url).role():
+        run.json(sqlite_url, "init", "cloud")
+        run.json(sqlite_url, "tenant", "create", "Acme")
+        run.json(sqlite_url, "edge", "create", "e1")
+        run.json(sqlite_url, "entity", "create", "device", "d1")
+        run.json(sqlite_url, "entity", "create", "entity_group", "G", "--data", '{"entity_type": "device"}')
+    args = [values[a] if isinstance(a, int) else a for a in command] + (["--json"] if as_json else [])
+    result = run.runner.invoke(run.cli, ["--db", sqlite_url, *args], prog_name="winstar")
+    assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)
+    assert result.exit_code in (0, 1, 2), (args, result.exit_code)
+    if result.exit_code:
+        err = result.stderr.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("Error: "), (args, err)
+    elif as_json:
+        json.loads(result.stdout)  # exactly one JSON value

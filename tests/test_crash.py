@@ -3,8 +3,11 @@ exactly once and none stays pending. Cloud on PostgreSQL and SQLite, edge on SQL
 
 from __future__ import annotations
 
+import time
+
+import pytest
 import sqlalchemy as sa
-from e2e_world import _tenant
+from e2e_world import _running_world, _tenant
 from procs import wait_until
 
 from winstar_core.store.models import Entity, StreamMark
@@ -96,3 +99,56 @@ def _assert_converged(w):
 def _statuses(w):
     with w.cloud.db.read() as conn:
         return set(conn.scalars(sa.text("SELECT DISTINCT status FROM edge_event")))
+
+
+@pytest.fixture
+def pg_world(pg_url, tmp_path, platform):
+    yield from _running_world(pg_url, tmp_path, platform, "ce")
+
+
+@pytest.mark.postgres
+def test_the_cloud_database_drops_every_connection_mid_drain(pg_world):
+    """As a PostgreSQL restart or failover looks to the cloud: every connection of its database
+    (pool, LISTEN, the transaction in flight) killed, three times during a drain; meanwhile the
+    edge keeps creating devices. Everything arrives once, nothing stays pending, nobody crashes."""
+    w = pg_world
+    w.start_cloud(*SLOW)
+    w.start_edge(*SLOW)
+    w.wait_connected()
+    w.edge_proc.stop()
+
+    def bulk(c):
+        t, edge = _tenant(c), c.find_edge("Plant 7")
+        for i in range(N):
+            c.assign(edge, c.create_entity("asset", f"a{i:05}", t))
+
+    w.cloud_do(bulk)
+    w.start_edge(*SLOW)
+    wait_until(lambda: _count(w.edge, "asset") > 200, interval=0.005, what="the drain to start")
+    admin = sa.create_engine(w.cloud.url, isolation_level="AUTOCOMMIT")
+    killed, at_fault = 0, None
+    for i in range(3):
+        with admin.connect() as conn:
+            killed += int(
+                conn.scalar(
+                    sa.text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+            )
+        at_fault = at_fault if at_fault is not None else _count(w.edge, "asset")
+        with w.edge.edge() as e:
+            e.create_entity("device", f"during-{i}", None, user_email="admin@acme.io")
+        time.sleep(0.2)
+    admin.dispose()
+    assert killed >= 3  # the cloud had connections to lose each time
+    assert at_fault < N, "the faults must land in the middle of the drain"
+    wait_until(lambda: w.cloud_pending() == 0 and w.edge_pending() == 0, timeout=120, what="both drains")
+    assert w.cloud_proc.alive() and w.edge_proc.alive()
+    assert _count(w.cloud, "device") == 3
+    _assert_converged(w)
+    with w.edge.db.read() as conn:
+        assert sorted(conn.scalars(sa.select(Entity.name).where(Entity.type == "asset"))) == [
+            f"a{i:05}" for i in range(N)
+        ]

@@ -14,7 +14,9 @@ from procs import wait_until
 
 from winstar_core import EntityType, hookimpl
 from winstar_core.entity_types import MAX_DATA_BYTES
+from winstar_core.errors import WinstarError
 from winstar_core.node import Node
+from winstar_core.services import common
 from winstar_core.services.common import ADDED, entity_state
 from winstar_core.store.models import EdgeEvent, Entity, EntityMember
 from winstar_core.store.outbox import OutboxEvent
@@ -205,6 +207,48 @@ def test_sync_edge_converges_a_drifted_edge(linked):
     with linked.cloud.cloud() as c:
         c.request_sync(c.find_edge("edge"))
     wait_until(lambda: _edge_names(linked.edge) == {"kept"}, what="exact convergence after Sync Edge")
+
+
+def test_a_long_sync_list_travels_in_parts(linked, monkeypatch):
+    monkeypatch.setattr(common, "SYNC_IDS_PER_EVENT", 2)  # 5 entities: 3 parts
+    with linked.cloud.cloud() as c:
+        t, edge = c.find_tenant("Acme"), c.find_edge("edge")
+        for i in range(5):
+            c.assign(edge, c.create_entity("asset", f"k{i}", t))
+    wanted = {f"k{i}" for i in range(5)}
+    wait_until(lambda: _edge_names(linked.edge) == wanted)
+    with linked.edge.edge() as e:  # drift: one lost, one stray
+        e.session.execute(sa.delete(Entity).where(Entity.name == "k3"))
+        e.session.add(
+            Entity(id=uuid.uuid4(), tenant_id=e.tenant_id, type="asset", name="stray", data={}, version=1)
+        )
+    with linked.cloud.cloud() as c:
+        c.request_sync(c.find_edge("edge"))
+    wait_until(lambda: _edge_names(linked.edge) == wanted, what="exact convergence after a sync in parts")
+    wait_until(lambda: _pending(linked.cloud) == 0)
+    with linked.cloud.db.read() as conn:
+        ends = conn.execute(
+            sa.select(EdgeEvent.status, EdgeEvent.body)
+            .where(EdgeEvent.type == "_sync")
+            .order_by(EdgeEvent.seq)
+        ).all()
+    parts = [pb.SyncEnd.FromString(body) for _, body in ends]
+    assert [status for status, _ in ends] == ["DELIVERED"] * 3
+    assert [(p.part, p.parts, len(p.entity_ids)) for p in parts] == [(0, 3, 2), (1, 3, 2), (2, 3, 1)]
+    with linked.edge.db.read() as conn:  # the parts kept on the way are gone
+        assert conn.scalar(sa.text("SELECT count(*) FROM node_config WHERE key LIKE 'sync:%'")) == 0
+
+
+def test_a_sync_with_a_part_missing_removes_nothing(linked):
+    with linked.cloud.cloud() as c:
+        c.assign(c.find_edge("edge"), c.create_entity("asset", "kept", c.find_tenant("Acme")))
+    wait_until(lambda: "kept" in _edge_names(linked.edge))
+    with linked.edge.edge() as e:
+        kept = e.entities.find_entity("asset", "kept").id
+        e.apply_sync_end(pb.SyncEnd(entity_ids=[], sync_id="s1", part=0, parts=3))
+        with pytest.raises(WinstarError, match="part\\(s\\) 1 of 3 never applied here"):
+            e.apply_sync_end(pb.SyncEnd(entity_ids=[str(kept)], sync_id="s1", part=2, parts=3))
+    assert "kept" in _edge_names(linked.edge)
 
 
 def test_wiped_edge_is_resynced_automatically(cloud_node, tmp_path, platform, link_runner):

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from winstar_core.errors import Conflict, NotFound, PermissionDenied, WinstarError
 from winstar_core.plugin.manager import Platform
+from winstar_core.services import common
 from winstar_core.services.common import (
     ADDED,
     AUTHORITIES,
@@ -699,8 +700,13 @@ class CloudService:
                     edge.id,
                     OutboxEvent(container.tenant_id, container.type, MEMBER_ADDED, container.id, body),
                 )
-        end = pb.SyncEnd(entity_ids=[str(e.id) for e in entities]).SerializeToString()
-        self.outbox.downlink(edge.id, OutboxEvent(edge.tenant_id, SYNC_EVENT_TYPE, "SYNC", None, end))
+        ids = [str(e.id) for e in entities]
+        per = common.SYNC_IDS_PER_EVENT
+        parts = [ids[i : i + per] for i in range(0, len(ids), per)] or [[]]
+        sync_id = str(uuid.uuid4()) if len(parts) > 1 else ""
+        for n, part in enumerate(parts):
+            end = pb.SyncEnd(entity_ids=part, sync_id=sync_id, part=n, parts=len(parts)).SerializeToString()
+            self.outbox.downlink(edge.id, OutboxEvent(edge.tenant_id, SYNC_EVENT_TYPE, "SYNC", None, end))
         edge.sync_requested = False
         edge.last_sync = now_ms()
         self.session.flush()

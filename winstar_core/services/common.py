@@ -26,6 +26,8 @@ MEMBER_REMOVED = "MEMBER_REMOVED"
 USER_EVENT_TYPE = "_user"
 EDGE_EVENT_TYPE = "_edge"
 SYNC_EVENT_TYPE = "_sync"
+#: entity ids per ``_sync`` event: 100,000 ids are about 3.9 MB, well inside one message
+SYNC_IDS_PER_EVENT = 100_000
 
 AUTHORITIES = ("TENANT_ADMIN", "CUSTOMER_USER")
 

@@ -30,7 +30,7 @@ from winstar_core.services.common import (
     parse_uuid,
     set_config,
 )
-from winstar_core.store.models import CloudEvent, Entity, EntityMember, Tenant, User, now_ms
+from winstar_core.store.models import CloudEvent, Entity, EntityMember, NodeConfig, Tenant, User, now_ms
 from winstar_core.store.outbox import Outbox, OutboxEvent, retry_failed
 from winstar_core.transport.pb import sync_pb2 as pb
 
@@ -355,8 +355,27 @@ class EdgeService:
 
     def apply_sync_end(self, end: pb.SyncEnd) -> None:
         """End of a full sync: remove what the edge should no longer have. Keeps this edge's own
-        entities whose creation the cloud has not acknowledged yet."""
-        keep = {uuid.UUID(i) for i in end.entity_ids}
+        entities whose creation the cloud has not acknowledged yet. A list in parts is kept (in
+        ``node_config``) until its last part; with a part missing nothing is removed."""
+        names = list(end.entity_ids)
+        if end.parts > 1:
+            prefix = f"sync:{end.sync_id}:"
+            if end.part == 0:  # parts of an older sync that never completed: forget them
+                self.session.execute(sa.delete(NodeConfig).where(NodeConfig.key.like("sync:%")))
+            if end.part + 1 < end.parts:
+                set_config(self.session, f"{prefix}{end.part}", names)
+                return
+            stored = sa.select(NodeConfig.key, NodeConfig.value).where(NodeConfig.key.like(f"{prefix}%"))
+            rows: dict[str, list[str]] = {key: value for key, value in self.session.execute(stored)}
+            self.session.execute(sa.delete(NodeConfig).where(NodeConfig.key.like(f"{prefix}%")))
+            missing = [n for n in range(end.parts - 1) if f"{prefix}{n}" not in rows]
+            if missing:
+                raise WinstarError(
+                    f"Sync Edge incomplete: part(s) {', '.join(map(str, missing))} of {end.parts}"
+                    " never applied here, so nothing was removed; run Sync Edge again"
+                )
+            names = [i for n in range(end.parts - 1) for i in rows[f"{prefix}{n}"]] + names
+        keep = {uuid.UUID(i) for i in names}
         unacked = set(
             self.session.scalars(
                 sa.select(CloudEvent.entity_id).where(

@@ -79,10 +79,16 @@ class UserInfo(_message.Message):
     def __init__(self, id: _Optional[str] = ..., email: _Optional[str] = ..., authority: _Optional[str] = ..., customer_id: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ..., tenant_id: _Optional[str] = ...) -> None: ...
 
 class SyncEnd(_message.Message):
-    __slots__ = ("entity_ids",)
+    __slots__ = ("entity_ids", "sync_id", "part", "parts")
     ENTITY_IDS_FIELD_NUMBER: _ClassVar[int]
+    SYNC_ID_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
     entity_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, entity_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    sync_id: str
+    part: int
+    parts: int
+    def __init__(self, entity_ids: _Optional[_Iterable[str]] = ..., sync_id: _Optional[str] = ..., part: _Optional[int] = ..., parts: _Optional[int] = ...) -> None: ...
 
 class EdgeConfig(_message.Message):
     __slots__ = ("edge_id", "name", "tenant_id", "tenant_name", "customer_id", "edition")

@@ -94,14 +94,17 @@ class EntityType:
         return dict(cls.schema_instance().dump(loaded))
 
     @classmethod
-    def check_storable(cls, data: Mapping[str, Any], size: int | None = None) -> None:
-        """Refuse data heavier than :data:`MAX_DATA_BYTES` (``size``: already measured, of a
-        peer's payload) or holding what PostgreSQL cannot store in JSON (see :func:`_unstorable`)."""
-        if size is None:
-            why = _unstorable(data)
-            if why:
-                raise InvalidData(f"{cls.name} data may not contain {why}")
-            size = len(json.dumps(data, separators=(",", ":"), default=str).encode())
+    def check_storable(cls, data: Mapping[str, Any]) -> None:
+        """Refuse data heavier than :data:`MAX_DATA_BYTES` or holding what PostgreSQL cannot
+        store in JSON (see :func:`_unstorable`)."""
+        why = _unstorable(data)
+        if why:
+            raise InvalidData(f"{cls.name} data may not contain {why}")
+        cls.check_size(len(json.dumps(data, separators=(",", ":"), default=str).encode()))
+
+    @classmethod
+    def check_size(cls, size: int) -> None:
+        """Refuse data of ``size`` bytes (as compact JSON, or a peer's payload) over the limit."""
         if size > MAX_DATA_BYTES:
             raise InvalidData(
                 f"{cls.name} data of {size:,} bytes is larger than the {MAX_DATA_BYTES:,} an entity may hold"
@@ -120,7 +123,7 @@ class EntityType:
     @classmethod
     def deserialize(cls, payload: bytes) -> dict[str, Any]:
         """Read a payload produced by :meth:`serialize` (possibly by the peer), validating it."""
-        cls.check_storable({}, len(payload))
+        cls.check_size(len(payload))
         try:
             raw = json.loads(payload.decode() or "{}")
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

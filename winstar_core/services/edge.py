@@ -357,13 +357,13 @@ class EdgeService:
         """End of a full sync: remove what the edge should no longer have. Keeps this edge's own
         entities whose creation the cloud has not acknowledged yet. A list in parts is kept (in
         ``node_config``) until its last part; with a part missing nothing is removed."""
-        names = list(end.entity_ids)
+        ids = list(end.entity_ids)
         if end.parts > 1:
             prefix = f"sync:{end.sync_id}:"
             if end.part == 0:  # parts of an older sync that never completed: forget them
                 self.session.execute(sa.delete(NodeConfig).where(NodeConfig.key.like("sync:%")))
             if end.part + 1 < end.parts:
-                set_config(self.session, f"{prefix}{end.part}", names)
+                set_config(self.session, f"{prefix}{end.part}", ids)
                 return
             stored = sa.select(NodeConfig.key, NodeConfig.value).where(NodeConfig.key.like(f"{prefix}%"))
             rows: dict[str, list[str]] = {key: value for key, value in self.session.execute(stored)}
@@ -374,8 +374,8 @@ class EdgeService:
                     f"Sync Edge incomplete: part(s) {', '.join(map(str, missing))} of {end.parts}"
                     " never applied here, so nothing was removed; run Sync Edge again"
                 )
-            names = [i for n in range(end.parts - 1) for i in rows[f"{prefix}{n}"]] + names
-        keep = {uuid.UUID(i) for i in names}
+            ids = [i for n in range(end.parts - 1) for i in rows[f"{prefix}{n}"]] + ids
+        keep = {uuid.UUID(i) for i in ids}
         unacked = set(
             self.session.scalars(
                 sa.select(CloudEvent.entity_id).where(

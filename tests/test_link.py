@@ -251,7 +251,58 @@ def test_a_sync_with_a_part_missing_removes_nothing(linked):
     assert "kept" in _edge_names(linked.edge)
 
 
-def test_wiped_edge_is_resynced_automatically(cloud_node, tmp_path, platform, link_runner):
+def _copy_sqlite(src: Node, dest_path):
+    """A consistent copy of an SQLite database (its WAL included), as a backup tool makes one."""
+    import sqlite3
+
+    source = sqlite3.connect(src.db.engine.url.database)
+    target = sqlite3.connect(str(dest_path))
+    source.backup(target)
+    source.close()
+    target.close()
+
+
+def test_edge_restored_from_its_own_backup_is_resynced_automatically(
+    cloud_node, tmp_path, platform, link_runner
+):
+    with cloud_node.cloud() as c:
+        t = c.create_tenant("Acme")
+        edge, secret = c.create_edge("e", t)
+        c.assign(edge, c.create_entity("asset", "a1", t))
+    server = link_runner.start_cloud(cloud_node, 0)
+    box = Node(f"sqlite:///{tmp_path / 'box.db'}", platform=platform)
+    box.init_edge(f"127.0.0.1:{server.port}", edge.routing_key, secret)
+    h = link_runner.start_edge(box)
+    wait_until(lambda: "a1" in _edge_names(box))
+    wait_until(lambda: _pending(cloud_node) == 0, what="the ack of a1")
+    link_runner.stop_edge(h)
+    _copy_sqlite(box, tmp_path / "backup.db")  # last night's backup
+    with cloud_node.cloud() as c:
+        c.assign(c.find_edge("e"), c.create_entity("asset", "a2", c.find_tenant("Acme")))
+    h = link_runner.start_edge(box)
+    wait_until(lambda: "a2" in _edge_names(box))
+    wait_until(lambda: _pending(cloud_node) == 0, what="the ack of a2")
+    link_runner.stop_edge(h)
+    box.close()
+    # the disk is restored from the backup, at the same place: the same box, older marks
+    (tmp_path / "box.db").unlink()
+    for extra in ("box.db-wal", "box.db-shm"):
+        (tmp_path / extra).unlink(missing_ok=True)
+    (tmp_path / "backup.db").rename(tmp_path / "box.db")
+    restored = Node(f"sqlite:///{tmp_path / 'box.db'}", platform=platform)
+    assert "a2" not in _edge_names(restored)
+    h = link_runner.start_edge(restored)
+    wait_until(lambda: "a2" in _edge_names(restored), what="a restored edge gets its state back")
+    link_runner.stop_edge(h)
+    link_runner.stop_cloud(server, 0.2)
+    restored.close()
+
+
+def test_a_new_database_for_an_edge_is_refused_until_an_operator_moves_the_edge(
+    cloud_node, tmp_path, platform, link_runner
+):
+    from winstar_core.services.instances import reset_instance
+
     with cloud_node.cloud() as c:
         t = c.create_tenant("Acme")
         edge, secret = c.create_edge("e", t)
@@ -263,11 +314,23 @@ def test_wiped_edge_is_resynced_automatically(cloud_node, tmp_path, platform, li
     wait_until(lambda: "a1" in _edge_names(first))
     wait_until(lambda: _pending(cloud_node) == 0, what="the ack of a1")
     link_runner.stop_edge(h)
-    # a new disk: same credentials, empty database
+    # a new disk: same credentials, empty database, another instance
     fresh = Node(f"sqlite:///{tmp_path / 'fresh.db'}", platform=platform)
     fresh.init_edge(f"127.0.0.1:{server.port}", edge.routing_key, secret)
     h2 = link_runner.start_edge(fresh)
-    wait_until(lambda: "a1" in _edge_names(fresh), what="a wiped edge gets its state back")
+
+    def refused():
+        with fresh.db.read() as conn:
+            return conn.scalar(sa.text("SELECT value FROM node_config WHERE key = 'last_error'"))
+
+    error = wait_until(refused, what="the new box to be refused")
+    assert "another box" in error and "reset-instance" in error
+    assert "a1" not in _edge_names(fresh)
+    link_runner.stop_edge(h2)
+    with cloud_node.cloud() as c:
+        reset_instance(c.session, c.find_edge("e"))
+    h2 = link_runner.start_edge(fresh)
+    wait_until(lambda: "a1" in _edge_names(fresh), what="the new box gets the edge's state")
     link_runner.stop_edge(h2)
     link_runner.stop_cloud(server, 0.2)
     first.close()

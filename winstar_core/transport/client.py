@@ -1,4 +1,11 @@
-"""The edge's side of the link: connect, sync, reconnect forever."""
+"""The edge's side of the link: connect, sync, reconnect forever.
+
+The edge holds the cloud to the protocol as the cloud holds the edge: every message is decoded
+here (garbage is a protocol error, not a crash), the Welcome's announcements are checked, a batch
+and an ack must keep the rules of :mod:`winstar_core.transport.link`. A protocol error ends the
+session with one line in the log and in ``winstar status``, an Error message telling the cloud why,
+and a reconnect after the usual backoff.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +16,35 @@ from contextlib import suppress
 from typing import Any
 
 import grpc
+import sqlalchemy as sa
 
 from winstar_core.errors import WinstarError
 from winstar_core.node import Node, read_secret
 from winstar_core.services.common import get_config, set_config
 from winstar_core.services.edge import EdgeService
-from winstar_core.store.models import now_ms
-from winstar_core.store.outbox import DOWNLINK_MARK_STREAM, NOTIFY_CHANNEL_UPLINK
+from winstar_core.store.models import CloudEvent, StreamCounter, now_ms
+from winstar_core.store.outbox import DOWNLINK_MARK_STREAM, NOTIFY_CHANNEL_UPLINK, UPLINK_STREAM
 from winstar_core.transport.common import CLIENT_OPTIONS, listen
-from winstar_core.transport.link import MAX_MESSAGE_BYTES, DrainProgress, OutboxStream, Receiver, Sender
+from winstar_core.transport.limits import (
+    MAX_ANNOUNCED_TYPES,
+    MAX_MESSAGE_BYTES,
+    MAX_SEQ,
+    METADATA_ROUTING_KEY,
+    METADATA_SECRET,
+    MIN_PEER_MESSAGE_BYTES,
+    SERVICE_NAME,
+)
+from winstar_core.transport.link import (
+    DrainProgress,
+    OutboxStream,
+    ProtocolViolation,
+    Receiver,
+    Sender,
+    check_batch,
+    clean_text,
+    decode,
+)
 from winstar_core.transport.pb import sync_pb2 as pb
-from winstar_core.transport.pb import sync_pb2_grpc as pb_grpc
 from winstar_core.transport.welcome import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
@@ -44,6 +69,23 @@ BACKOFF_CAP_REFUSED_S = 60.0
 
 class CloudError(Exception):
     """The cloud ended the link with an application error."""
+
+
+def check_welcome(welcome: pb.Welcome) -> None:
+    """What a Welcome announces must be sane before the edge acts on it."""
+    if welcome.protocol_version != PROTOCOL_VERSION:
+        raise ProtocolViolation(
+            f"the cloud speaks protocol version {welcome.protocol_version}, this edge {PROTOCOL_VERSION}"
+        )
+    if welcome.max_message_bytes and welcome.max_message_bytes < MIN_PEER_MESSAGE_BYTES:
+        raise ProtocolViolation(
+            f"the cloud accepts messages of {welcome.max_message_bytes:,} bytes, below the"
+            f" {MIN_PEER_MESSAGE_BYTES:,} every node must accept"
+        )
+    if welcome.applied_uplink_seq > MAX_SEQ:
+        raise ProtocolViolation(f"the Welcome's applied_uplink_seq is outside 0..{MAX_SEQ}")
+    if len(welcome.entity_types) > MAX_ANNOUNCED_TYPES:
+        raise ProtocolViolation(f"the Welcome announces more than {MAX_ANNOUNCED_TYPES} entity types")
 
 
 async def _closed(call: Any) -> CloudError:
@@ -126,8 +168,14 @@ class EdgeClient:
                 error = f"{exc.code().name}: {exc.details()}"
                 if exc.code() not in RETRYABLE:
                     cap = BACKOFF_CAP_REFUSED_S
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    error += await asyncio.to_thread(self._undelivered)
             except CloudError as exc:
                 error = str(exc)
+            except ProtocolViolation as exc:
+                error = f"protocol error from the cloud: {exc}"
+                log.warning("%s", error)
+                cap = BACKOFF_CAP_REFUSED_S
             except WinstarError as exc:
                 error = str(exc)
                 cap = BACKOFF_CAP_REFUSED_S
@@ -155,11 +203,18 @@ class EdgeClient:
             return grpc.aio.secure_channel(self.cloud_addr, creds, options=CLIENT_OPTIONS)
         return grpc.aio.insecure_channel(self.cloud_addr, options=CLIENT_OPTIONS)
 
+    def _undelivered(self) -> str:
+        """For a refusal (another box is the edge...): what this box holds that did not go up."""
+        with self.node.db.read() as conn:
+            n = conn.scalar(
+                sa.select(sa.func.count()).select_from(CloudEvent).where(CloudEvent.status == "PENDING")
+            )
+        return f" ({n:,} uplinks of this box not delivered: `winstar uplinks --status pending`)" if n else ""
+
     def _hello(self, receiver: Receiver) -> pb.Hello:
         types = self.node.platform.types
         return pb.Hello(
-            routing_key=self.routing_key,
-            secret=read_secret(self.secret_file),
+            instance_id=self.node.instance_id(),
             protocol_version=PROTOCOL_VERSION,
             entity_types=[
                 pb.EntityTypeInfo(type=t.name, schema_version=t.schema_version, plugin=types.owner(t.name))
@@ -171,7 +226,23 @@ class EdgeClient:
 
     def _on_welcome(self, welcome: pb.Welcome) -> None:
         with self.node.edge() as edge:
-            edge.apply_config(welcome.edge, welcome.users)
+            try:
+                edge.apply_config(welcome.edge, welcome.users)
+            except WinstarError as exc:
+                raise ProtocolViolation(f"the Welcome's edge configuration: {exc}") from None
+            # The cloud applied this edge's stream further than this database ever wrote: it is a
+            # restored backup. New uplinks must not reuse seqs the cloud has seen (it would take
+            # them for duplicates): the counter moves past the cloud's mark.
+            counter = edge.session.get(StreamCounter, UPLINK_STREAM)
+            if counter is not None and counter.last_seq < welcome.applied_uplink_seq:
+                log.warning(
+                    "the cloud applied uplinks up to seq %d, this database wrote only up to %d (restored"
+                    " from a backup?): new uplinks start after %d",
+                    welcome.applied_uplink_seq,
+                    counter.last_seq,
+                    welcome.applied_uplink_seq,
+                )
+                counter.last_seq = welcome.applied_uplink_seq
             set_config(edge.session, "connected", True)
             set_config(edge.session, "last_error", None)
             set_config(edge.session, "link_heartbeat", now_ms())
@@ -189,26 +260,40 @@ class EdgeClient:
     async def _stream(
         self, channel: grpc.aio.Channel, receiver: Receiver, hello: pb.Hello, stop: asyncio.Event
     ) -> None:
-        call = pb_grpc.EdgeSyncStub(channel).Connect()
+        # responses arrive as bytes and are decoded here (see decode); the credentials travel in
+        # the call's metadata, so the cloud reads nothing of ours before it knows who we are
+        connect = channel.stream_stream(
+            f"/{SERVICE_NAME}/Connect",
+            request_serializer=pb.EdgeMessage.SerializeToString,
+            response_deserializer=None,
+        )
+        secret = await asyncio.to_thread(read_secret, self.secret_file)
+        call = connect(metadata=((METADATA_ROUTING_KEY, self.routing_key), (METADATA_SECRET, secret)))
         await call.write(pb.EdgeMessage(hello=hello))
         try:
-            first = await asyncio.wait_for(call.read(), timeout=WELCOME_TIMEOUT_S)
+            raw = await asyncio.wait_for(call.read(), timeout=WELCOME_TIMEOUT_S)
         except TimeoutError:
             call.cancel()
             raise CloudError("the cloud did not answer the hello in time") from None
-        if first is grpc.aio.EOF:
+        if raw is grpc.aio.EOF:
             raise await _closed(call)
-        if first.WhichOneof("msg") == "error":
-            raise CloudError(f"{first.error.code}: {first.error.reason}")
-        if first.WhichOneof("msg") != "welcome":
-            raise CloudError("the cloud's first message was not a welcome")
-        welcome = first.welcome
-        await asyncio.to_thread(self._on_welcome, welcome)
+        try:
+            first = decode(pb.CloudMessage, raw, "the cloud's first message")
+            if first.WhichOneof("msg") == "error":
+                raise CloudError(f"{first.error.code}: {clean_text(first.error.reason, 500)}")
+            if first.WhichOneof("msg") != "welcome":
+                raise ProtocolViolation("the cloud's first message was not a Welcome")
+            welcome = first.welcome
+            check_welcome(welcome)
+            await asyncio.to_thread(self._on_welcome, welcome)
+        except ProtocolViolation as exc:
+            await self._tell(call, exc)
+            raise
         limit = min(welcome.max_message_bytes or MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES)
         out: asyncio.Queue[pb.EdgeMessage] = asyncio.Queue(maxsize=64)
 
-        async def send_uplinks(events: list[pb.Event]) -> None:
-            await out.put(pb.EdgeMessage(uplinks=pb.EventBatch(events=events)))
+        async def send_uplinks(events: list[pb.Event], last_seq: int) -> None:
+            await out.put(pb.EdgeMessage(uplinks=pb.EventBatch(events=events, last_seq=last_seq)))
 
         sender = Sender(
             OutboxStream(self.node.db),
@@ -230,18 +315,29 @@ class EdgeClient:
                 await call.write(await out.get())
 
         async def reader() -> None:
-            while True:
-                msg = await call.read()
-                if msg is grpc.aio.EOF:
-                    raise await _closed(call)
-                kind = msg.WhichOneof("msg")
-                if kind == "downlinks":
-                    ack, _ = await asyncio.to_thread(receiver.apply_batch, list(msg.downlinks.events))
-                    await out.put(pb.EdgeMessage(downlink_ack=ack))
-                elif kind == "uplink_ack":
-                    await sender.on_ack(msg.uplink_ack)
-                elif kind == "error":
-                    raise CloudError(f"{msg.error.code}: {msg.error.reason}")
+            try:
+                while True:
+                    raw = await call.read()
+                    if raw is grpc.aio.EOF:
+                        raise await _closed(call)
+                    msg = decode(pb.CloudMessage, raw, "a message from the cloud")
+                    kind = msg.WhichOneof("msg")
+                    if kind == "downlinks":
+                        events = list(msg.downlinks.events)
+                        check_batch(events, msg.downlinks.last_seq)
+                        ack, _ = await asyncio.to_thread(receiver.apply_batch, events, msg.downlinks.last_seq)
+                        await out.put(pb.EdgeMessage(downlink_ack=ack))
+                    elif kind == "uplink_ack":
+                        await sender.on_ack(msg.uplink_ack)
+                    elif kind == "error":
+                        raise CloudError(f"{msg.error.code}: {clean_text(msg.error.reason, 500)}")
+                    else:
+                        raise ProtocolViolation(
+                            f"unexpected message from the cloud: {kind or 'an empty one'}"
+                        )
+            except ProtocolViolation as exc:
+                await self._tell(call, exc)
+                raise
 
         async def heartbeat() -> None:
             while True:
@@ -272,10 +368,17 @@ class EdgeClient:
         for task in done:
             if task.get_name() == "stop":
                 return
-            exc = task.exception()
-            if exc is not None:
-                raise exc
+            failure = task.exception()
+            if failure is not None:
+                raise failure
         raise CloudError("the cloud closed the link")
+
+    @staticmethod
+    async def _tell(call: Any, exc: ProtocolViolation) -> None:
+        """Tell the cloud why this edge ends the session (best effort: the link may be gone)."""
+        with suppress(Exception):
+            msg = pb.EdgeMessage(error=pb.Error(code="INVALID_ARGUMENT", reason=clean_text(str(exc), 500)))
+            await asyncio.wait_for(call.write(msg), timeout=1.0)
 
     def wake(self) -> None:
         if self._sender is not None:

@@ -6,7 +6,14 @@ FAILED event never blocks the ones behind it.
 
 Receiver: applies a batch in one transaction together with its "applied up to" mark for that
 stream (and the reasons of rejected events), so a batch delivered twice takes effect once and a
-redelivered event gets its first verdict again.
+redelivered event gets its first verdict again. Whatever is wrong with one event (its body, its
+id, its data, its seq out of range) is that event's FAILED verdict and the rest of the batch
+applies; only a failure of the database itself leaves a batch unacknowledged, to be sent again.
+
+Both ends hold the peer to the protocol's rules (docs/protocol.md): a batch of at most
+``MAX_BATCH_EVENTS`` events with increasing seqs, none above the ``last_seq`` the sender announces
+with it; an ack that answers exactly the oldest batch in flight. Breaking one is a
+:class:`ProtocolViolation`: the session ends, nothing of that message is applied or marked.
 
 DrainProgress: what an operator sees of a long drain in `winstar run`'s log (its stderr).
 """
@@ -21,13 +28,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from sqlalchemy.orm import Session
 
-from winstar_core.errors import WinstarError
 from winstar_core.store.db import Database
 from winstar_core.store.models import (
     DELIVERED,
@@ -35,32 +41,91 @@ from winstar_core.store.models import (
     PENDING,
     CloudEvent,
     EdgeEvent,
+    StreamCounter,
     StreamFailure,
     StreamMark,
     now_ms,
 )
+from winstar_core.store.outbox import UPLINK_STREAM, downlink_stream
+from winstar_core.transport.limits import (
+    BATCH_SIZE,
+    ENVELOPE_BYTES,
+    MAX_BATCH_EVENTS,
+    MAX_IN_FLIGHT,
+    MAX_MESSAGE_BYTES,
+    MAX_SEQ,
+)
+from winstar_core.transport.logsummary import LogSummary
 from winstar_core.transport.pb import sync_pb2 as pb
 
 log = logging.getLogger(__name__)
+warnings = LogSummary(log)
 
-BATCH_SIZE = 500
-MAX_IN_FLIGHT = 4
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-#: room left in a message for the batch's envelope around one event's body
-ENVELOPE_BYTES = 64 * 1024
+__all__ = ["BATCH_SIZE", "ENVELOPE_BYTES", "MAX_IN_FLIGHT", "MAX_MESSAGE_BYTES"]
+
 #: seconds between two progress lines of a long drain; a drain shorter than this says nothing
 PROGRESS_EVERY_S = 2.0
-#: errors that reject one event (a FAILED verdict); anything else (the database is down...) is
-#: an infrastructure failure: the batch is not acknowledged and will be delivered again.
-REJECTIONS: tuple[type[BaseException], ...] = (
-    WinstarError,
-    DecodeError,
-    ValueError,
-    TypeError,
-    KeyError,
-    sa.exc.IntegrityError,
-    sa.exc.DataError,  # a value the database refuses (too long, out of range): the data's fault
-)
+#: an event's stored error is cut to this many characters
+MAX_ERROR_CHARS = 2000
+
+Offload = Callable[..., Awaitable[Any]]
+M = TypeVar("M", bound=Message)
+
+
+class ProtocolViolation(Exception):
+    """The peer broke a rule of the protocol (not a bad event): the session ends with
+    ``INVALID_ARGUMENT`` and this reason."""
+
+
+#: SQLSTATE classes that say the database (not the statement's data) failed: connection (08),
+#: transaction rollback such as a deadlock (40), resources (53), operator intervention (57),
+#: system (58), internal (XX)
+_INFRASTRUCTURE_SQLSTATES = {"08", "40", "53", "57", "58", "XX"}
+
+
+def is_infrastructure(exc: BaseException, db: Database | None = None) -> bool:
+    """Whether ``exc`` is a failure of the database or the machine, after which the batch must be
+    delivered again, rather than something wrong with the event being applied (its FAILED
+    verdict). When the error itself does not say, a database that still answers means it was the
+    event's fault: a peer's event must never put the stream in a redelivery loop."""
+    if isinstance(exc, MemoryError | ConnectionError | sa.exc.DisconnectionError | sa.exc.TimeoutError):
+        return True
+    if isinstance(exc, OSError) and not isinstance(exc, UnicodeError):
+        return True
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate:
+        return str(sqlstate)[:2] in _INFRASTRUCTURE_SQLSTATES
+    text = str(exc.orig).lower()
+    if any(w in text for w in ("locked", "busy", "disk i/o", "unable to open", "readonly", "full")):
+        return True  # SQLite's words for a database that cannot work now
+    if not isinstance(exc, sa.exc.OperationalError) or db is None:
+        return False
+    try:  # an OperationalError that does not say why: is the database still there?
+        with db.read() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception:
+        return True
+    return False
+
+
+def decode(cls: type[M], raw: Any, what: str) -> M:
+    """A peer's message, parsed here rather than by gRPC, so garbage is a protocol error."""
+    if not isinstance(raw, bytes):
+        raise ProtocolViolation(f"{what} is not a message")
+    try:
+        return cls.FromString(raw)
+    except (DecodeError, RecursionError, ValueError) as exc:
+        raise ProtocolViolation(f"{what} is not a valid {cls.DESCRIPTOR.name} ({len(raw):,} bytes)") from exc
+
+
+def clean_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """A peer's or an exception's text as something both databases can store."""
+    text = text.replace("\x00", "\\0")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:limit]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -80,11 +145,20 @@ class OutboxStream:
     def model(self) -> Any:
         return EdgeEvent if self.edge_id is not None else CloudEvent
 
+    @property
+    def counter(self) -> str:
+        """The stream's counter row (see :mod:`winstar_core.store.outbox`)."""
+        return downlink_stream(self.edge_id) if self.edge_id is not None else UPLINK_STREAM
+
     def _where(self) -> list[Any]:
         m = self.model
         return [m.edge_id == self.edge_id] if self.edge_id is not None else []
 
-    def fetch(self, after: int, limit: int, max_bytes: int = MAX_MESSAGE_BYTES // 2) -> list[pb.Event]:
+    def fetch(
+        self, after: int, limit: int, max_bytes: int = MAX_MESSAGE_BYTES // 2
+    ) -> tuple[list[pb.Event], int]:
+        """The next PENDING events after seq ``after``, and the stream's last seq: read after the
+        events, so it is at least as high as every one of them (the peer checks that)."""
         m = self.model
         stmt = (
             sa.select(m.seq, m.type, m.action, m.entity_id, m.body, m.created_time)
@@ -109,20 +183,30 @@ class OutboxStream:
                         created_time=created,
                     )
                 )
-        return out
+            last = conn.scalar(sa.select(StreamCounter.last_seq).where(StreamCounter.stream == self.counter))
+        return out, max(int(last or 0), out[-1].seq if out else 0)
 
     def acknowledge(self, results: Sequence[pb.EventResult]) -> None:
+        """Mark a batch's events from the peer's verdicts, set-based: the DELIVERED ones by ranges
+        of seqs, the FAILED ones in one executemany with their reasons."""
         m = self.model
         now = now_ms()
         oks = [r.seq for r in results if r.ok]
+        failed = [
+            {"b_seq": r.seq, "b_error": clean_text(r.error or "rejected by the peer")}
+            for r in results
+            if not r.ok
+        ]
         with self.db.begin() as s:
-            for r in results:
-                if not r.ok:
-                    s.execute(
-                        sa.update(m)
-                        .where(*self._where(), m.seq == r.seq, m.status == PENDING)
-                        .values(status=FAILED, error=(r.error or "rejected")[:2000], delivered_time=now)
-                    )
+            if failed:  # Core table, not the ORM class: a plain executemany, one round trip
+                t = m.__table__
+                where = [t.c.edge_id == self.edge_id] if self.edge_id is not None else []
+                s.execute(
+                    sa.update(t)
+                    .where(*where, t.c.seq == sa.bindparam("b_seq"), t.c.status == PENDING)
+                    .values(status=FAILED, error=sa.bindparam("b_error"), delivered_time=now),
+                    failed,
+                )
             for i in range(0, len(oks), 500):
                 s.execute(
                     sa.update(m)
@@ -203,20 +287,30 @@ class DrainProgress:
         self.started, self.delivered, self.failed, self._reported = None, 0, 0, False
 
 
+async def _to_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.to_thread(fn, *args)
+
+
 @dataclass
 class Sender:
-    """Pushes one outbox stream to the peer: batches in order, up to ``max_in_flight`` unacked."""
+    """Pushes one outbox stream to the peer: batches in order, up to ``max_in_flight`` unacked.
+
+    ``send(events, last_seq)`` puts one batch on the wire. ``offload(fn, *args)`` runs the
+    stream's blocking database work (by default on a thread; the cloud passes its fair executor).
+    """
 
     stream: OutboxStream
-    send: Callable[[list[pb.Event]], Awaitable[None]]
+    send: Callable[[list[pb.Event], int], Awaitable[None]]
     batch_size: int = BATCH_SIZE
     max_in_flight: int = MAX_IN_FLIGHT
     poll_interval: float = 0.2
     max_bytes: int = MAX_MESSAGE_BYTES // 2
     #: the largest message the peer accepts: an event that cannot fit in one is FAILED, not sent
     peer_limit: int = MAX_MESSAGE_BYTES
+    offload: Offload = _to_thread
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
-    _in_flight: collections.deque[int] = field(default_factory=collections.deque)
+    #: the seqs of each batch sent and not yet acknowledged, oldest first
+    _in_flight: collections.deque[tuple[int, ...]] = field(default_factory=collections.deque)
     sent: int = 0
     progress: DrainProgress = field(default_factory=lambda: DrainProgress("events"))
 
@@ -228,7 +322,9 @@ class Sender:
         while True:
             self._wake.clear()
             while len(self._in_flight) < self.max_in_flight:
-                events = await asyncio.to_thread(self.stream.fetch, cursor, self.batch_size, self.max_bytes)
+                events, last_seq = await self.offload(
+                    self.stream.fetch, cursor, min(self.batch_size, MAX_BATCH_EVENTS), self.max_bytes
+                )
                 if not events:
                     if not self._in_flight:
                         self.progress.idle()
@@ -238,9 +334,9 @@ class Sender:
                 events = await self._refuse_oversize(events)
                 if not events:
                     continue
-                self._in_flight.append(cursor)
+                self._in_flight.append(tuple(e.seq for e in events))
                 self.sent += len(events)
-                await self.send(events)
+                await self.send(events, last_seq)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
 
@@ -260,18 +356,34 @@ class Sender:
             for e in events
             if len(e.body) > room
         ]
-        for r in refused:
-            log.warning("event %s not sent: %s", r.seq, r.error)
-        await asyncio.to_thread(self.stream.acknowledge, refused)
+        warnings.warning(
+            f"oversize:{self.stream.counter}",
+            f"{len(refused)} event(s) of {self.stream.counter} not sent, first seq {refused[0].seq}:"
+            f" {refused[0].error}",
+        )
+        await self.offload(self.stream.acknowledge, refused)
         self.progress.acked(refused)
         return [e for e in events if len(e.body) <= room]
 
+    def check_ack(self, ack: pb.BatchAck) -> None:
+        """An ack must answer the oldest batch in flight: one verdict for each of its events,
+        nothing else. Anything else is a :class:`ProtocolViolation`, and marks nothing."""
+        if not self._in_flight:
+            raise ProtocolViolation("an ack arrived with no batch in flight")
+        expected = self._in_flight[0]
+        got = [r.seq for r in ack.results]
+        if len(got) != len(expected) or set(got) != set(expected):
+            raise ProtocolViolation(
+                f"the ack does not answer the batch in flight (seqs {expected[0]}..{expected[-1]},"
+                f" {len(expected)} events; the ack names {len(got)} results)"
+            )
+
     async def on_ack(self, ack: pb.BatchAck) -> None:
-        await asyncio.to_thread(self.stream.acknowledge, list(ack.results))
-        pending = await asyncio.to_thread(self.stream.pending) if self.progress.due() else None
+        self.check_ack(ack)
+        await self.offload(self.stream.acknowledge, list(ack.results))
+        pending = await self.offload(self.stream.pending) if self.progress.due() else None
         self.progress.acked(ack.results, pending)
-        if self._in_flight:
-            self._in_flight.popleft()
+        self._in_flight.popleft()
         self._wake.set()
 
 
@@ -287,12 +399,32 @@ class _Rejected(Exception):
 
 
 def reason(exc: BaseException) -> str:
-    text = (
-        str(exc.orig)
-        if isinstance(exc, sa.exc.IntegrityError | sa.exc.DataError)
-        else str(exc) or type(exc).__name__
-    )
-    return text.strip().splitlines()[0][:1000] if text.strip() else type(exc).__name__
+    """One storable line saying why an event was rejected."""
+    if isinstance(exc, RecursionError):
+        return "the event is nested too deeply to read"
+    text = str(exc.orig) if isinstance(exc, sa.exc.DBAPIError) else str(exc)
+    text = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return clean_text(text, 1000)
+
+
+def check_batch(events: Sequence[pb.Event], last_seq: int | None) -> None:
+    """The rules a batch itself must keep (docs/protocol.md); a batch that breaks one is a
+    :class:`ProtocolViolation`. ``last_seq`` None: a local caller, no announced limit."""
+    if len(events) > MAX_BATCH_EVENTS:
+        raise ProtocolViolation(f"a batch of {len(events):,} events (at most {MAX_BATCH_EVENTS:,})")
+    if last_seq is not None and events and not 1 <= last_seq <= MAX_SEQ:
+        raise ProtocolViolation(f"the batch announces last seq {last_seq}, outside 1..{MAX_SEQ}")
+    previous = 0
+    for e in events:
+        if not 1 <= e.seq <= MAX_SEQ:
+            continue  # that event's own FAILED verdict
+        if e.seq <= previous:
+            raise ProtocolViolation(f"seq {e.seq} after seq {previous}: a batch's seqs must increase")
+        if last_seq is not None and e.seq > last_seq:
+            raise ProtocolViolation(
+                f"seq {e.seq} is beyond the last seq {last_seq} the sender announced for its stream"
+            )
+        previous = e.seq
 
 
 @dataclass
@@ -319,16 +451,53 @@ class Receiver:
                 conn.scalar(sa.select(StreamMark.applied_seq).where(StreamMark.stream == self.stream)) or 0
             )
 
-    def apply_batch(self, events: Sequence[pb.Event]) -> tuple[pb.BatchAck, set[uuid.UUID]]:
+    def apply_batch(
+        self, events: Sequence[pb.Event], last_seq: int | None = None
+    ) -> tuple[pb.BatchAck, set[uuid.UUID]]:
         """Apply ``events`` in one transaction. Returns the ack and the edges whose downlink
-        streams got new events (to wake their senders)."""
+        streams got new events (to wake their senders). ``last_seq``: the highest seq the sender
+        announced for its stream. Raises :class:`ProtocolViolation` for a batch that breaks the
+        protocol, and a database error (the batch must come again) only when the database failed."""
+        check_batch(events, last_seq)
+        valid = [e for e in events if 1 <= e.seq <= MAX_SEQ]
+        if valid:
+            try:
+                ack, touched = self._attempt(valid, savepoints=False)
+            except _Rejected:
+                # One event is refused: apply again, each event in a savepoint, to keep the others.
+                ack, touched = self._attempt(valid, savepoints=True)
+        else:
+            ack, touched = pb.BatchAck(applied_seq=self.mark()), set()
+        if len(valid) == len(events):
+            return ack, touched
+        verdicts = iter(ack.results)
+        results = [
+            next(verdicts)
+            if 1 <= e.seq <= MAX_SEQ
+            else pb.EventResult(seq=e.seq, ok=False, error=f"seq {e.seq} is outside 1..{MAX_SEQ}")
+            for e in events
+        ]
+        warnings.warning(
+            f"range:{self.stream}",
+            f"{self.stream}: {len(events) - len(valid)} event(s) with a seq out of range",
+        )
+        return pb.BatchAck(results=results, applied_seq=ack.applied_seq), touched
+
+    def _prepare(self, service: Any, fresh: list[pb.Event]) -> None:
+        """Batch look-ups are an optimization: if the peer's garbage trips them, go without."""
+        if self.prepare is None or not fresh:
+            return
         try:
-            return self._attempt(events, savepoints=False)
-        except _Rejected:
-            # One event is refused: apply again, each event in a savepoint, to keep the others.
-            return self._attempt(events, savepoints=True)
+            self.prepare(service, fresh)
+        except Exception as exc:
+            if is_infrastructure(exc, self.db):
+                raise
+            warnings.warning(
+                f"prepare:{self.stream}", f"{self.stream}: batch look-ups skipped: {reason(exc)}"
+            )
 
     def _attempt(self, events: Sequence[pb.Event], *, savepoints: bool) -> tuple[pb.BatchAck, set[uuid.UUID]]:
+        rejected: list[pb.EventResult] = []
         with self.db.begin() as session:
             service = self.open_service(session)
             row = session.get(StreamMark, self.stream)
@@ -337,15 +506,15 @@ class Receiver:
                 session.add(row)
             mark = row.applied_seq
             fresh = [e for e in events if e.seq > mark]
-            if self.prepare is not None and not savepoints and fresh:
-                self.prepare(service, fresh)
+            if not savepoints:
+                self._prepare(service, fresh)
             dups = [e.seq for e in events if e.seq <= mark]
             old_failures: dict[int, str] = {}
-            if dups:
-                old_failures = dict(
+            for i in range(0, len(dups), 500):
+                old_failures.update(
                     session.execute(
                         sa.select(StreamFailure.seq, StreamFailure.error).where(
-                            StreamFailure.stream == self.stream, StreamFailure.seq.in_(dups)
+                            StreamFailure.stream == self.stream, StreamFailure.seq.in_(dups[i : i + 500])
                         )
                     ).all()
                 )
@@ -359,7 +528,9 @@ class Receiver:
                 if not savepoints:
                     try:
                         self.apply_one(service, ev)
-                    except REJECTIONS as exc:
+                    except Exception as exc:
+                        if is_infrastructure(exc, self.db):
+                            raise
                         raise _Rejected(exc) from exc
                     results.append(pb.EventResult(seq=ev.seq, ok=True))
                     applied += 1
@@ -371,14 +542,17 @@ class Receiver:
                         if self.finish is not None:
                             self.finish(service)
                         session.flush()
-                except REJECTIONS as exc:
+                except Exception as exc:
+                    if is_infrastructure(exc, self.db):
+                        raise
                     service.outbox.rollback_to(point)
                     why = reason(exc)
                     session.add(
                         StreamFailure(stream=self.stream, seq=ev.seq, error=why, created_time=now_ms())
                     )
-                    results.append(pb.EventResult(seq=ev.seq, ok=False, error=why))
-                    log.warning("rejected event %s of %s: %s", ev.seq, self.stream, why)
+                    result = pb.EventResult(seq=ev.seq, ok=False, error=why)
+                    results.append(result)
+                    rejected.append(result)
                 else:
                     results.append(pb.EventResult(seq=ev.seq, ok=True))
                     applied += 1
@@ -388,10 +562,16 @@ class Receiver:
                 if self.finish is not None:
                     self.finish(service)
                 session.flush()  # the optimistic pass writes its rows here, in a few statements
-            except REJECTIONS as exc:
-                if savepoints:
+            except Exception as exc:
+                if savepoints or is_infrastructure(exc, self.db):
                     raise
                 raise _Rejected(exc) from exc
             touched = service.outbox.flush(session)
+        if rejected:
+            warnings.warning(
+                f"rejected:{self.stream}",
+                f"{self.stream}: rejected {len(rejected)} of {len(events)} event(s), first seq"
+                f" {rejected[0].seq}: {rejected[0].error}",
+            )
         self.applied += applied
         return pb.BatchAck(results=results, applied_seq=max(mark, top)), touched

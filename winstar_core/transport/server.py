@@ -1,13 +1,25 @@
-"""The cloud's gRPC server: one bidirectional stream per connected edge."""
+"""The cloud's gRPC server: one bidirectional stream per connected edge.
+
+Nothing a client sends is read before it is authenticated: the routing key and secret travel in
+the call's metadata (bounded by gRPC's header limit), the first message is read only after they
+check out, and it must be a small Hello. Failed attempts are throttled per address and per routing
+key (:mod:`winstar_core.transport.throttle`). Every message is decoded here, not by gRPC, so a
+message that is not protobuf is a clear ``INVALID_ARGUMENT``, and no exception's text (which could
+name the schema) reaches a client that has not authenticated. All database work of the sessions
+goes through one :class:`~winstar_core.transport.fair.FairExecutor`, shared fairly across tenants.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 import secrets
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import sqlalchemy as sa
@@ -15,30 +27,103 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from winstar_core.node import Node
 from winstar_core.services.cloud import CloudService, check_secret, hash_secret
-from winstar_core.store.models import Edge, now_ms
+from winstar_core.services.instances import admit_instance, uplink_mark_stream_for
+from winstar_core.store.models import Edge, StreamMark, now_ms
 from winstar_core.store.outbox import NOTIFY_CHANNEL_DOWNLINK, uplink_mark_stream
 from winstar_core.transport.common import SERVER_OPTIONS, listen
-from winstar_core.transport.link import MAX_MESSAGE_BYTES, DrainProgress, OutboxStream, Receiver, Sender
+from winstar_core.transport.fair import FairExecutor
+from winstar_core.transport.limits import (
+    HELLO_MAX_BYTES,
+    HELLO_TIMEOUT_S,
+    MAX_ANNOUNCED_TYPES,
+    MAX_MESSAGE_BYTES,
+    MAX_SEQ,
+    METADATA_ROUTING_KEY,
+    METADATA_SECRET,
+    MIN_PEER_MESSAGE_BYTES,
+    SERVICE_NAME,
+)
+from winstar_core.transport.link import (
+    DrainProgress,
+    OutboxStream,
+    ProtocolViolation,
+    Receiver,
+    Sender,
+    check_batch,
+    clean_text,
+    decode,
+    is_infrastructure,
+)
+from winstar_core.transport.logsummary import LogSummary
 from winstar_core.transport.pb import sync_pb2 as pb
-from winstar_core.transport.pb import sync_pb2_grpc as pb_grpc
+from winstar_core.transport.throttle import KEY_PAUSE_CAP_S, AuthThrottle
 from winstar_core.transport.welcome import PROTOCOL_VERSION, edge_welcome
 
 log = logging.getLogger(__name__)
-SERVICE_NAME = "winstar.edge.v1.EdgeSync"
+warnings = LogSummary(log)
 _DUMMY_SALT = secrets.token_bytes(16)
+#: routing keys are UUIDs; anything else is not looked up (and costs the same scrypt work)
+_ROUTING_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: the executor lane of authentications: one more "tenant" in the fair rotation
+_AUTH_LANE = "auth"
+#: attempts that may wait for one routing key's pause at once; more are refused at once
+_MAX_KEY_WAITERS = 8
 
 
 class LinkClosed(Exception):
     pass
 
 
+class Refusal(Exception):
+    """A connection the cloud will not serve: its status code and the one line the client sees."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class PeerEnded(Exception):
+    """The edge said why it ends the session (an Error message)."""
+
+
+def peer_host(peer: str) -> str:
+    """The address of ``context.peer()`` without its port: ``ipv4:10.0.0.7:51234`` → ``10.0.0.7``."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        host = rest.rpartition(":")[0] or rest
+        return host.strip("[]")
+    return peer
+
+
 def _line(exc: BaseException) -> str:
+    """One line about an error, for an authenticated edge: the driver's message, never the SQL."""
     text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else ""
+    return clean_text(text.splitlines()[0] if text else type(exc).__name__, 300)
 
 
-def uplink_receiver(node: Node, edge_id: uuid.UUID) -> Receiver:
-    """How the cloud applies one edge's stream: batch look-ups first, the edge's row read once."""
+def check_hello(hello: pb.Hello) -> None:
+    """What a Hello announces must be sane before the cloud acts on it."""
+    if hello.protocol_version != PROTOCOL_VERSION:
+        raise Refusal(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"protocol version {hello.protocol_version} not supported (cloud speaks {PROTOCOL_VERSION})",
+        )
+    if hello.max_message_bytes and hello.max_message_bytes < MIN_PEER_MESSAGE_BYTES:
+        raise Refusal(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"max_message_bytes {hello.max_message_bytes:,} is below the {MIN_PEER_MESSAGE_BYTES:,}"
+            " an edge must accept (an entity's data must fit in one message)",
+        )
+    if hello.applied_downlink_seq > MAX_SEQ:
+        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"applied_downlink_seq is outside 0..{MAX_SEQ}")
+    if len(hello.entity_types) > MAX_ANNOUNCED_TYPES:
+        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"more than {MAX_ANNOUNCED_TYPES} entity types")
+
+
+def uplink_receiver(node: Node, edge_id: uuid.UUID, instance_id: str | None = None) -> Receiver:
+    """How the cloud applies one edge's stream (that edge database's: ``instance_id``; None for
+    the mark an edge had before instances): batch look-ups first, the edge's row read once."""
 
     def edge_of(cloud: CloudService) -> Edge:
         edge = cloud.held(Edge, edge_id)
@@ -46,23 +131,31 @@ def uplink_receiver(node: Node, edge_id: uuid.UUID) -> Receiver:
             raise LinkClosed("the edge was deleted")
         return edge
 
+    stream = uplink_mark_stream_for(edge_id, instance_id) if instance_id else uplink_mark_stream(edge_id)
     return Receiver(
         node.db,
-        uplink_mark_stream(edge_id),
+        stream,
         lambda s: CloudService(s, node.platform),
         lambda cloud, event: cloud.apply_uplink(edge_of(cloud), event),
         prepare=lambda cloud, events: cloud.prefetch(edge_of(cloud), events),
     )
 
 
+T = TypeVar("T")
+
+
 class EdgeSession:
     """One connected edge: sends its downlinks, applies its uplinks."""
 
-    def __init__(self, server: CloudServer, edge_id: uuid.UUID, hello: pb.Hello) -> None:
+    def __init__(
+        self, server: CloudServer, edge_id: uuid.UUID, tenant_id: uuid.UUID, hello: pb.Hello, host: str
+    ) -> None:
         self.server = server
         self.node = server.node
         self.edge_id = edge_id
+        self.tenant_id = tenant_id
         self.hello = hello
+        self.host = host
         self.out: asyncio.Queue[pb.CloudMessage] = asyncio.Queue(maxsize=64)
         self.closed = asyncio.Event()
         self.poke = asyncio.Event()
@@ -75,12 +168,17 @@ class EdgeSession:
             poll_interval=server.poll_interval,
             max_bytes=limit // 2,
             peer_limit=limit,
+            offload=self.offload,
             progress=DrainProgress(f"downlinks to edge {edge_id}"),
         )
-        self.receiver = uplink_receiver(self.node, edge_id)
+        self.receiver = uplink_receiver(self.node, edge_id, hello.instance_id or None)
 
-    async def _send_downlinks(self, events: list[pb.Event]) -> None:
-        await self.out.put(pb.CloudMessage(downlinks=pb.EventBatch(events=events)))
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """This session's database work, in its tenant's turn."""
+        return await self.server.executor.run(self.tenant_id, self.edge_id, fn, *args)
+
+    async def _send_downlinks(self, events: list[pb.Event], last_seq: int) -> None:
+        await self.out.put(pb.CloudMessage(downlinks=pb.EventBatch(events=events, last_seq=last_seq)))
 
     def wake(self) -> None:
         self.sender.wake()
@@ -88,19 +186,26 @@ class EdgeSession:
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    def _on_connect(self) -> pb.Welcome:
-        mark = self.receiver.mark()
+    def _on_connect(self) -> pb.Welcome | str:
+        """Admit the box and mark the edge connected: the Welcome, or the reason it is refused."""
         delivered = OutboxStream(self.node.db, self.edge_id).highest_delivered()
         with self.node.cloud() as cloud:
             edge = cloud.session.get(Edge, self.edge_id)
-            assert edge is not None
+            if edge is None:
+                return "the edge was deleted"
+            admission = admit_instance(cloud.session, edge, self.hello.instance_id, self.host)
+            if not admission.ok:
+                return admission.reason  # the transaction commits the conflict line
+            row = cloud.session.get(StreamMark, self.receiver.stream)
+            mark = row.applied_seq if row is not None else 0
             self.sender.progress.what = f"downlinks to edge {edge.name!r}"
             edge.connected = True
             edge.last_seen = now_ms()
             edge.last_error = None
             welcome = edge_welcome(cloud, edge, applied_uplink_seq=mark)
-            if edge.sync_requested or self.hello.applied_downlink_seq < delivered:
-                # asked for, or the edge lost what it had (new disk, restored backup): full sync
+            if admission.full_sync or edge.sync_requested or self.hello.applied_downlink_seq < delivered:
+                # moved to a new box, asked for, or the edge lost what it had (new disk, restored
+                # backup): full sync
                 cloud.run_sync(edge)
         return welcome
 
@@ -124,8 +229,13 @@ class EdgeSession:
                 edge.last_seen = now_ms()
                 edge.last_error = error
 
-    async def run(self, context: grpc.aio.ServicerContext) -> None:
-        welcome = await asyncio.to_thread(self._on_connect)
+    async def connect(self) -> pb.Welcome:
+        result = await self.offload(self._on_connect)
+        if isinstance(result, str):
+            raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, result)
+        return result
+
+    async def run(self, context: grpc.aio.ServicerContext, welcome: pb.Welcome) -> None:
         await context.write(pb.CloudMessage(welcome=welcome))
         tasks = [
             asyncio.create_task(self._writer(context), name="writer"),
@@ -135,13 +245,28 @@ class EdgeSession:
             asyncio.create_task(self.closed.wait(), name="closed"),
         ]
         error: str | None = None
+        status: tuple[grpc.StatusCode, str] | None = None
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    exc = task.exception()
-                    error = f"{type(exc).__name__}: {exc}"
-                    log.warning("edge %s: %s failed: %s", self.edge_id, task.get_name(), error)
+                if task.cancelled() or task.exception() is None:
+                    continue
+                exc = task.exception()
+                assert exc is not None
+                if isinstance(exc, ProtocolViolation):
+                    error = f"protocol error: {exc}"
+                    status = (grpc.StatusCode.INVALID_ARGUMENT, f"protocol error: {exc}")
+                elif isinstance(exc, PeerEnded):
+                    error = str(exc)
+                elif isinstance(exc, LinkClosed):
+                    error = str(exc)
+                    status = (grpc.StatusCode.UNAVAILABLE, str(exc))
+                else:
+                    error = f"{type(exc).__name__}: {_line(exc)}"
+                    status = (grpc.StatusCode.UNAVAILABLE, f"cloud could not serve the link: {error}")
+                warnings.warning(
+                    f"session:{self.edge_id}", f"edge {self.edge_id}: {task.get_name()}: {error}"
+                )
         finally:
             for task in tasks:
                 task.cancel()
@@ -151,8 +276,8 @@ class EdgeSession:
             self.server.closing.add(closing)
             closing.add_done_callback(self.server.closing.discard)
             await asyncio.shield(closing)
-        if error is not None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cloud could not serve the link: {error}")
+        if status is not None:
+            await context.abort(*status)
 
     async def _close(self, tasks: list[asyncio.Task[Any]], error: str | None) -> None:
         await asyncio.wait(tasks, timeout=5)
@@ -165,7 +290,7 @@ class EdgeSession:
                 log.warning(
                     "edge %s: could not record the disconnect (%s), attempt %d",
                     self.edge_id,
-                    exc,
+                    _line(exc),
                     attempt + 1,
                 )
                 await asyncio.sleep(delay)
@@ -177,30 +302,32 @@ class EdgeSession:
 
     async def _reader(self, context: grpc.aio.ServicerContext) -> None:
         while True:
-            msg = await context.read()
-            if msg is grpc.aio.EOF:
+            raw = await context.read()
+            if raw is grpc.aio.EOF:
                 return
+            msg = decode(pb.EdgeMessage, raw, "a message from the edge")
             kind = msg.WhichOneof("msg")
             if kind == "uplinks":
-                ack, touched = await asyncio.to_thread(self.receiver.apply_batch, list(msg.uplinks.events))
+                events = list(msg.uplinks.events)
+                check_batch(events, msg.uplinks.last_seq)  # before any work is queued for it
+                ack, touched = await self.offload(self.receiver.apply_batch, events, msg.uplinks.last_seq)
                 await self.out.put(pb.CloudMessage(uplink_ack=ack))
                 self.server.wake(touched)
             elif kind == "downlink_ack":
                 await self.sender.on_ack(msg.downlink_ack)
             elif kind == "sync_request":
-                await asyncio.to_thread(self._request_sync)
+                await self.offload(self._request_sync)
                 self.wake()
+            elif kind == "error":
+                raise PeerEnded(f"the edge ended the session: {clean_text(msg.error.reason, 300)}")
             else:
-                await self.out.put(
-                    pb.CloudMessage(
-                        error=pb.Error(code="INVALID_ARGUMENT", reason=f"unexpected message {kind}")
-                    )
-                )
+                raise ProtocolViolation(f"unexpected message: {kind or 'an empty one'}")
 
     def _request_sync(self) -> None:
         with self.node.cloud() as cloud:
             edge = cloud.session.get(Edge, self.edge_id)
-            assert edge is not None
+            if edge is None:
+                raise LinkClosed("the edge was deleted")
             cloud.run_sync(edge)
 
     async def _housekeeping(self, context: grpc.aio.ServicerContext) -> None:
@@ -213,48 +340,10 @@ class EdgeSession:
             if context.done():  # belt and braces: the RPC ended without this handler hearing of it
                 raise LinkClosed("the connection to the edge is gone")
             touch = loop.time() - last_touch >= 5.0
-            if await asyncio.to_thread(self._housekeeping_tick, touch):
+            if await self.offload(self._housekeeping_tick, touch):
                 self.sender.wake()
             if touch:
                 last_touch = loop.time()
-
-
-class _Servicer(pb_grpc.EdgeSyncServicer):
-    def __init__(self, server: CloudServer) -> None:
-        self.server = server
-
-    async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
-        first = await context.read()
-        if first is grpc.aio.EOF or first.WhichOneof("msg") != "hello":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a Hello")
-        hello = first.hello
-        edge_id = await asyncio.to_thread(self.server.authenticate, hello.routing_key, hello.secret)
-        if edge_id is None:
-            # Same answer for an unknown key and a wrong secret; nothing else is read from this stream.
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid routing key or secret")
-        assert edge_id is not None
-        if hello.protocol_version != PROTOCOL_VERSION:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"protocol version {hello.protocol_version} not supported (cloud speaks {PROTOCOL_VERSION})",
-            )
-        session = EdgeSession(self.server, edge_id, hello)
-        old = self.server.sessions.get(edge_id)
-        if old is not None:  # the edge reconnected before the old stream was noticed dead
-            old.closed.set()
-        self.server.sessions[edge_id] = session
-        try:
-            await session.run(context)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception as exc:  # the database went away...: the edge reconnects and resumes
-            log.warning("edge %s: link failed: %s", edge_id, exc)
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"cloud error: {type(exc).__name__}: {_line(exc)}"
-            )
-        finally:
-            if self.server.sessions.get(edge_id) is session:
-                del self.server.sessions[edge_id]
 
 
 class CloudServer:
@@ -267,6 +356,7 @@ class CloudServer:
         tls_key: bytes | None = None,
         batch_size: int = 500,
         max_in_flight: int = 4,
+        workers: int | None = None,
     ) -> None:
         self.node = node
         self.listen_addr = listen_addr
@@ -280,18 +370,133 @@ class CloudServer:
         self.sessions: dict[uuid.UUID, EdgeSession] = {}
         self.closing: set[asyncio.Task[None]] = set()
         self.port: int | None = None
+        self.executor = FairExecutor(workers or max(4, 2 * (os.cpu_count() or 2)))
+        self.throttle = AuthThrottle()
+        self._key_waiters: dict[str, int] = {}
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._stop = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
 
-    def authenticate(self, routing_key: str, secret: str) -> uuid.UUID | None:
-        with self.node.db.begin() as s:
-            edge = s.scalars(sa.select(Edge).where(Edge.routing_key == routing_key)).first()
-            if edge is None:
-                hash_secret(secret, _DUMMY_SALT)  # same work as a real check: no timing oracle
-                return None
-            return edge.id if check_secret(edge, secret) else None
+    # -- authentication ------------------------------------------------------------------------------
+
+    def authenticate(self, routing_key: str, secret: str) -> tuple[uuid.UUID, uuid.UUID] | None:
+        """(edge id, tenant id) if the secret is the edge's; None otherwise, after the same work."""
+        row = None
+        if _ROUTING_KEY.fullmatch(routing_key):
+            with self.node.db.begin() as s:
+                row = s.scalars(sa.select(Edge).where(Edge.routing_key == routing_key)).first()
+                if row is not None and check_secret(row, secret):
+                    return row.id, row.tenant_id
+                if row is not None:
+                    return None
+        hash_secret(secret, _DUMMY_SALT)  # same work as a real check: no timing oracle
+        return None
+
+    async def _authenticated(
+        self, context: grpc.aio.ServicerContext, host: str
+    ) -> tuple[uuid.UUID, uuid.UUID]:
+        refused = self.throttle.refused_for(host)
+        if refused > 0:
+            raise Refusal(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many failed attempts from this address: retry in {refused:.0f}s",
+            )
+        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        routing_key = metadata.get(METADATA_ROUTING_KEY, "")
+        secret = metadata.get(METADATA_SECRET, "")
+        if not routing_key or not secret:
+            self.throttle.failed(host, "")
+            raise Refusal(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"no credentials: send the routing key and secret as the call's {METADATA_ROUTING_KEY}"
+                f" and {METADATA_SECRET} metadata",
+            )
+        key = routing_key[:64]
+        pause = self.throttle.pause_for(key)
+        if pause > 0:  # this key's secret is being guessed: one check per pause, wherever from
+            if self._key_waiters.get(key, 0) >= _MAX_KEY_WAITERS:
+                raise Refusal(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, "too many attempts for this edge: retry later"
+                )
+            self._key_waiters[key] = self._key_waiters.get(key, 0) + 1
+            try:
+                await asyncio.sleep(min(pause, KEY_PAUSE_CAP_S))
+            finally:
+                self._key_waiters[key] -= 1
+                if not self._key_waiters[key]:
+                    del self._key_waiters[key]
+        found = await self.executor.run(_AUTH_LANE, key, self.authenticate, routing_key, secret)
+        if found is None:
+            self.throttle.failed(host, key)
+            warnings.warning(
+                f"auth:{host}", f"refused a connection from {host}: invalid routing key or secret"
+            )
+            raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "invalid routing key or secret")
+        self.throttle.succeeded(host, key)
+        return found
+
+    async def _open(self, context: grpc.aio.ServicerContext) -> tuple[EdgeSession, pb.Welcome]:
+        host = peer_host(context.peer() or "")
+        edge_id, tenant_id = await self._authenticated(context, host)
+        try:
+            raw = await asyncio.wait_for(context.read(), HELLO_TIMEOUT_S)
+        except TimeoutError:
+            raise Refusal(
+                grpc.StatusCode.INVALID_ARGUMENT, f"no Hello within {HELLO_TIMEOUT_S:.0f}s"
+            ) from None
+        if raw is grpc.aio.EOF:
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "the stream ended before the Hello")
+        if isinstance(raw, bytes) and len(raw) > HELLO_MAX_BYTES:
+            raise Refusal(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the Hello is {len(raw):,} bytes; at most {HELLO_MAX_BYTES:,}",
+            )
+        try:
+            first = decode(pb.EdgeMessage, raw, "the first message")
+        except ProtocolViolation as exc:
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if first.WhichOneof("msg") != "hello":
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a Hello")
+        check_hello(first.hello)
+        session = EdgeSession(self, edge_id, tenant_id, first.hello, host)
+        return session, await session.connect()
+
+    async def connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        """The ``Connect`` RPC."""
+        try:
+            session, welcome = await self._open(context)
+        except Refusal as refusal:
+            await context.abort(refusal.code, refusal.reason)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:  # the database is down...: one line in our log, nothing to the client
+            warnings.warning(
+                "connect", f"a connection could not be served: {type(exc).__name__}: {_line(exc)}"
+            )
+            code = grpc.StatusCode.UNAVAILABLE if is_infrastructure(exc) else grpc.StatusCode.INTERNAL
+            await context.abort(code, "the cloud cannot accept the connection now; try again later")
+        edge_id = session.edge_id
+        old = self.sessions.get(edge_id)
+        if old is not None:  # the edge reconnected before the old stream was noticed dead
+            old.closed.set()
+        self.sessions[edge_id] = session
+        try:
+            await session.run(context, welcome)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:  # the database went away...: the edge reconnects and resumes
+            warnings.warning(
+                f"session:{edge_id}", f"edge {edge_id}: link failed: {type(exc).__name__}: {_line(exc)}"
+            )
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"cloud error: {type(exc).__name__}: {_line(exc)}"
+            )
+        finally:
+            if self.sessions.get(edge_id) is session:
+                del self.sessions[edge_id]
+
+    # -- wake-ups -------------------------------------------------------------------------------------
 
     def wake(self, edge_ids: Any) -> None:
         if edge_ids == "*" or edge_ids is None:
@@ -311,12 +516,26 @@ class CloudServer:
                 ids.append(uuid.UUID(part))
         self.wake(ids)
 
+    # -- start and stop -------------------------------------------------------------------------------
+
     async def start(self) -> int:
         self.node.require("cloud", "winstar run (serving edges)")
         with self.node.db.begin() as s:  # a previous process may have died with edges marked connected
             s.execute(sa.update(Edge).where(Edge.connected.is_(True)).values(connected=False))
         server = grpc.aio.server(options=SERVER_OPTIONS)
-        pb_grpc.add_EdgeSyncServicer_to_server(_Servicer(self), server)
+        # requests arrive as bytes and are decoded by the session (see decode): gRPC's own
+        # decoding would answer garbage with UNKNOWN and a traceback in our log
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Connect": grpc.stream_stream_rpc_method_handler(
+                    self.connect,
+                    request_deserializer=None,
+                    response_serializer=pb.CloudMessage.SerializeToString,
+                )
+            },
+        )
+        server.add_generic_rpc_handlers((handler,))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if self.tls:
             creds = grpc.ssl_server_credentials([(self.tls[1], self.tls[0])])
@@ -347,6 +566,7 @@ class CloudServer:
             self._listener.cancel()
             with suppress(BaseException):
                 await self._listener
+        self.executor.shutdown()
 
     async def wait(self) -> None:
         if self._server is not None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1awinstar/edge/v1/sync.proto\x12\x0fwinstar.edge.v1\"F\n\x0e\x45ntityTypeInfo\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x16\n\x0eschema_version\x18\x02 \x01(\r\x12\x0e\n\x06plugin\x18\x03 \x01(\t\"\xb6\x01\n\x05Hello\x12\x13\n\x0brouting_key\x18\x01 \x01(\t\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12\x35\n\x0c\x65ntity_types\x18\x04 \x03(\x0b\x32\x1f.winstar.edge.v1.EntityTypeInfo\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\r\x12\x1c\n\x14\x61pplied_downlink_seq\x18\x06 \x01(\x04\"\xaf\x01\n\x0b\x45ntityState\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x16\n\x0eschema_version\x18\x07 \x01(\r\x12\x0f\n\x07payload\x18\x08 \x01(\x0c\x12\x16\n\x0eorigin_edge_id\x18\t \x01(\t\"5\n\nMembership\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\"u\n\x08UserInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x11\n\tauthority\x18\x03 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x04 \x01(\t\x12\x13\n\x0bpermissions\x18\x05 \x03(\t\x12\x11\n\ttenant_id\x18\x06 \x01(\t\"K\n\x07SyncEnd\x12\x12\n\nentity_ids\x18\x01 \x03(\t\x12\x0f\n\x07sync_id\x18\x02 \x01(\t\x12\x0c\n\x04part\x18\x03 \x01(\r\x12\r\n\x05parts\x18\x04 \x01(\r\"y\n\nEdgeConfig\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12\x13\n\x0btenant_name\x18\x04 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x05 \x01(\t\x12\x0f\n\x07\x65\x64ition\x18\x06 \x01(\t\"i\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x11\n\tentity_id\x18\x04 \x01(\t\x12\x0c\n\x04\x62ody\x18\x05 \x01(\x0c\x12\x14\n\x0c\x63reated_time\x18\x06 \x01(\x03\"4\n\nEventBatch\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.winstar.edge.v1.Event\"5\n\x0b\x45ventResult\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"N\n\x08\x42\x61tchAck\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.winstar.edge.v1.EventResult\x12\x13\n\x0b\x61pplied_seq\x18\x02 \x01(\x04\"\r\n\x0bSyncRequest\"\xd6\x01\n\x0b\x45\x64geMessage\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.winstar.edge.v1.HelloH\x00\x12.\n\x07uplinks\x18\x02 \x01(\x0b\x32\x1b.winstar.edge.v1.EventBatchH\x00\x12\x31\n\x0c\x64ownlink_ack\x18\x03 \x01(\x0b\x32\x19.winstar.edge.v1.BatchAckH\x00\x12\x34\n\x0csync_request\x18\x04 \x01(\x0b\x32\x1c.winstar.edge.v1.SyncRequestH\x00\x42\x05\n\x03msg\"\xe6\x01\n\x07Welcome\x12)\n\x04\x65\x64ge\x18\x01 \x01(\x0b\x32\x1b.winstar.edge.v1.EdgeConfig\x12(\n\x05users\x18\x02 \x03(\x0b\x32\x19.winstar.edge.v1.UserInfo\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\r\x12\x1a\n\x12\x61pplied_uplink_seq\x18\x04 \x01(\x04\x12\x18\n\x10protocol_version\x18\x05 \x01(\r\x12\x35\n\x0c\x65ntity_types\x18\x06 \x03(\x0b\x32\x1f.winstar.edge.v1.EntityTypeInfo\"%\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xce\x01\n\x0c\x43loudMessage\x12+\n\x07welcome\x18\x01 \x01(\x0b\x32\x18.winstar.edge.v1.WelcomeH\x00\x12\x30\n\tdownlinks\x18\x02 \x01(\x0b\x32\x1b.winstar.edge.v1.EventBatchH\x00\x12/\n\nuplink_ack\x18\x03 \x01(\x0b\x32\x19.winstar.edge.v1.BatchAckH\x00\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.winstar.edge.v1.ErrorH\x00\x42\x05\n\x03msg2V\n\x08\x45\x64geSync\x12J\n\x07\x43onnect\x12\x1c.winstar.edge.v1.EdgeMessage\x1a\x1d.winstar.edge.v1.CloudMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1awinstar/edge/v1/sync.proto\x12\x0fwinstar.edge.v1\"F\n\x0e\x45ntityTypeInfo\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x16\n\x0eschema_version\x18\x02 \x01(\r\x12\x0e\n\x06plugin\x18\x03 \x01(\t\"\xc7\x01\n\x05Hello\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12\x35\n\x0c\x65ntity_types\x18\x04 \x03(\x0b\x32\x1f.winstar.edge.v1.EntityTypeInfo\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\r\x12\x1c\n\x14\x61pplied_downlink_seq\x18\x06 \x01(\x04\x12\x13\n\x0binstance_id\x18\x07 \x01(\tJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03R\x0brouting_keyR\x06secret\"\xaf\x01\n\x0b\x45ntityState\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x16\n\x0eschema_version\x18\x07 \x01(\r\x12\x0f\n\x07payload\x18\x08 \x01(\x0c\x12\x16\n\x0eorigin_edge_id\x18\t \x01(\t\"5\n\nMembership\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\"u\n\x08UserInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x11\n\tauthority\x18\x03 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x04 \x01(\t\x12\x13\n\x0bpermissions\x18\x05 \x03(\t\x12\x11\n\ttenant_id\x18\x06 \x01(\t\"K\n\x07SyncEnd\x12\x12\n\nentity_ids\x18\x01 \x03(\t\x12\x0f\n\x07sync_id\x18\x02 \x01(\t\x12\x0c\n\x04part\x18\x03 \x01(\r\x12\r\n\x05parts\x18\x04 \x01(\r\"y\n\nEdgeConfig\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12\x13\n\x0btenant_name\x18\x04 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x05 \x01(\t\x12\x0f\n\x07\x65\x64ition\x18\x06 \x01(\t\"i\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x11\n\tentity_id\x18\x04 \x01(\t\x12\x0c\n\x04\x62ody\x18\x05 \x01(\x0c\x12\x14\n\x0c\x63reated_time\x18\x06 \x01(\x03\"F\n\nEventBatch\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.winstar.edge.v1.Event\x12\x10\n\x08last_seq\x18\x02 \x01(\x04\"5\n\x0b\x45ventResult\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"N\n\x08\x42\x61tchAck\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.winstar.edge.v1.EventResult\x12\x13\n\x0b\x61pplied_seq\x18\x02 \x01(\x04\"\r\n\x0bSyncRequest\"\xff\x01\n\x0b\x45\x64geMessage\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.winstar.edge.v1.HelloH\x00\x12.\n\x07uplinks\x18\x02 \x01(\x0b\x32\x1b.winstar.edge.v1.EventBatchH\x00\x12\x31\n\x0c\x64ownlink_ack\x18\x03 \x01(\x0b\x32\x19.winstar.edge.v1.BatchAckH\x00\x12\x34\n\x0csync_request\x18\x04 \x01(\x0b\x32\x1c.winstar.edge.v1.SyncRequestH\x00\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x16.winstar.edge.v1.ErrorH\x00\x42\x05\n\x03msg\"\xe6\x01\n\x07Welcome\x12)\n\x04\x65\x64ge\x18\x01 \x01(\x0b\x32\x1b.winstar.edge.v1.EdgeConfig\x12(\n\x05users\x18\x02 \x03(\x0b\x32\x19.winstar.edge.v1.UserInfo\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\r\x12\x1a\n\x12\x61pplied_uplink_seq\x18\x04 \x01(\x04\x12\x18\n\x10protocol_version\x18\x05 \x01(\r\x12\x35\n\x0c\x65ntity_types\x18\x06 \x03(\x0b\x32\x1f.winstar.edge.v1.EntityTypeInfo\"%\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xce\x01\n\x0c\x43loudMessage\x12+\n\x07welcome\x18\x01 \x01(\x0b\x32\x18.winstar.edge.v1.WelcomeH\x00\x12\x30\n\tdownlinks\x18\x02 \x01(\x0b\x32\x1b.winstar.edge.v1.EventBatchH\x00\x12/\n\nuplink_ack\x18\x03 \x01(\x0b\x32\x19.winstar.edge.v1.BatchAckH\x00\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.winstar.edge.v1.ErrorH\x00\x42\x05\n\x03msg2V\n\x08\x45\x64geSync\x12J\n\x07\x43onnect\x12\x1c.winstar.edge.v1.EdgeMessage\x1a\x1d.winstar.edge.v1.CloudMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,35 +34,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENTITYTYPEINFO']._serialized_start=47
   _globals['_ENTITYTYPEINFO']._serialized_end=117
   _globals['_HELLO']._serialized_start=120
-  _globals['_HELLO']._serialized_end=302
-  _globals['_ENTITYSTATE']._serialized_start=305
-  _globals['_ENTITYSTATE']._serialized_end=480
-  _globals['_MEMBERSHIP']._serialized_start=482
-  _globals['_MEMBERSHIP']._serialized_end=535
-  _globals['_USERINFO']._serialized_start=537
-  _globals['_USERINFO']._serialized_end=654
-  _globals['_SYNCEND']._serialized_start=656
-  _globals['_SYNCEND']._serialized_end=731
-  _globals['_EDGECONFIG']._serialized_start=733
-  _globals['_EDGECONFIG']._serialized_end=854
-  _globals['_EVENT']._serialized_start=856
-  _globals['_EVENT']._serialized_end=961
-  _globals['_EVENTBATCH']._serialized_start=963
-  _globals['_EVENTBATCH']._serialized_end=1015
-  _globals['_EVENTRESULT']._serialized_start=1017
-  _globals['_EVENTRESULT']._serialized_end=1070
-  _globals['_BATCHACK']._serialized_start=1072
-  _globals['_BATCHACK']._serialized_end=1150
-  _globals['_SYNCREQUEST']._serialized_start=1152
-  _globals['_SYNCREQUEST']._serialized_end=1165
-  _globals['_EDGEMESSAGE']._serialized_start=1168
-  _globals['_EDGEMESSAGE']._serialized_end=1382
-  _globals['_WELCOME']._serialized_start=1385
-  _globals['_WELCOME']._serialized_end=1615
-  _globals['_ERROR']._serialized_start=1617
-  _globals['_ERROR']._serialized_end=1654
-  _globals['_CLOUDMESSAGE']._serialized_start=1657
-  _globals['_CLOUDMESSAGE']._serialized_end=1863
-  _globals['_EDGESYNC']._serialized_start=1865
-  _globals['_EDGESYNC']._serialized_end=1951
+  _globals['_HELLO']._serialized_end=319
+  _globals['_ENTITYSTATE']._serialized_start=322
+  _globals['_ENTITYSTATE']._serialized_end=497
+  _globals['_MEMBERSHIP']._serialized_start=499
+  _globals['_MEMBERSHIP']._serialized_end=552
+  _globals['_USERINFO']._serialized_start=554
+  _globals['_USERINFO']._serialized_end=671
+  _globals['_SYNCEND']._serialized_start=673
+  _globals['_SYNCEND']._serialized_end=748
+  _globals['_EDGECONFIG']._serialized_start=750
+  _globals['_EDGECONFIG']._serialized_end=871
+  _globals['_EVENT']._serialized_start=873
+  _globals['_EVENT']._serialized_end=978
+  _globals['_EVENTBATCH']._serialized_start=980
+  _globals['_EVENTBATCH']._serialized_end=1050
+  _globals['_EVENTRESULT']._serialized_start=1052
+  _globals['_EVENTRESULT']._serialized_end=1105
+  _globals['_BATCHACK']._serialized_start=1107
+  _globals['_BATCHACK']._serialized_end=1185
+  _globals['_SYNCREQUEST']._serialized_start=1187
+  _globals['_SYNCREQUEST']._serialized_end=1200
+  _globals['_EDGEMESSAGE']._serialized_start=1203
+  _globals['_EDGEMESSAGE']._serialized_end=1458
+  _globals['_WELCOME']._serialized_start=1461
+  _globals['_WELCOME']._serialized_end=1691
+  _globals['_ERROR']._serialized_start=1693
+  _globals['_ERROR']._serialized_end=1730
+  _globals['_CLOUDMESSAGE']._serialized_start=1733
+  _globals['_CLOUDMESSAGE']._serialized_end=1939
+  _globals['_EDGESYNC']._serialized_start=1941
+  _globals['_EDGESYNC']._serialized_end=2027
 # @@protoc_insertion_point(module_scope)

@@ -17,20 +17,18 @@ class EntityTypeInfo(_message.Message):
     def __init__(self, type: _Optional[str] = ..., schema_version: _Optional[int] = ..., plugin: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("routing_key", "secret", "protocol_version", "entity_types", "max_message_bytes", "applied_downlink_seq")
-    ROUTING_KEY_FIELD_NUMBER: _ClassVar[int]
-    SECRET_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("protocol_version", "entity_types", "max_message_bytes", "applied_downlink_seq", "instance_id")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ENTITY_TYPES_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     APPLIED_DOWNLINK_SEQ_FIELD_NUMBER: _ClassVar[int]
-    routing_key: str
-    secret: str
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     entity_types: _containers.RepeatedCompositeFieldContainer[EntityTypeInfo]
     max_message_bytes: int
     applied_downlink_seq: int
-    def __init__(self, routing_key: _Optional[str] = ..., secret: _Optional[str] = ..., protocol_version: _Optional[int] = ..., entity_types: _Optional[_Iterable[_Union[EntityTypeInfo, _Mapping]]] = ..., max_message_bytes: _Optional[int] = ..., applied_downlink_seq: _Optional[int] = ...) -> None: ...
+    instance_id: str
+    def __init__(self, protocol_version: _Optional[int] = ..., entity_types: _Optional[_Iterable[_Union[EntityTypeInfo, _Mapping]]] = ..., max_message_bytes: _Optional[int] = ..., applied_downlink_seq: _Optional[int] = ..., instance_id: _Optional[str] = ...) -> None: ...
 
 class EntityState(_message.Message):
     __slots__ = ("id", "type", "name", "tenant_id", "customer_id", "version", "schema_version", "payload", "origin_edge_id")
@@ -123,10 +121,12 @@ class Event(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., type: _Optional[str] = ..., action: _Optional[str] = ..., entity_id: _Optional[str] = ..., body: _Optional[bytes] = ..., created_time: _Optional[int] = ...) -> None: ...
 
 class EventBatch(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "last_seq")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[Event]
-    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+    last_seq: int
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., last_seq: _Optional[int] = ...) -> None: ...
 
 class EventResult(_message.Message):
     __slots__ = ("seq", "ok", "error")
@@ -151,16 +151,18 @@ class SyncRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class EdgeMessage(_message.Message):
-    __slots__ = ("hello", "uplinks", "downlink_ack", "sync_request")
+    __slots__ = ("hello", "uplinks", "downlink_ack", "sync_request", "error")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     UPLINKS_FIELD_NUMBER: _ClassVar[int]
     DOWNLINK_ACK_FIELD_NUMBER: _ClassVar[int]
     SYNC_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     uplinks: EventBatch
     downlink_ack: BatchAck
     sync_request: SyncRequest
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., uplinks: _Optional[_Union[EventBatch, _Mapping]] = ..., downlink_ack: _Optional[_Union[BatchAck, _Mapping]] = ..., sync_request: _Optional[_Union[SyncRequest, _Mapping]] = ...) -> None: ...
+    error: Error
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., uplinks: _Optional[_Union[EventBatch, _Mapping]] = ..., downlink_ack: _Optional[_Union[BatchAck, _Mapping]] = ..., sync_request: _Optional[_Union[SyncRequest, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("edge", "users", "max_message_bytes", "applied_uplink_seq", "protocol_version", "entity_types")

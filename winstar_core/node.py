@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import secrets as _secrets
+import shlex
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from winstar_core.errors import WinstarError, WrongRole
 from winstar_core.plugin.manager import Platform, make_plugin_manager
@@ -22,6 +27,14 @@ from winstar_core.store.outbox import UPLINK_STREAM, ensure_stream
 
 CLOUD = "cloud"
 EDGE = "edge"
+
+#: pins the place an edge database records (see :func:`instance_place`)
+INSTANCE_PLACE_ENV = "WINSTAR_INSTANCE_PLACE"
+MACHINE_ID = Path("/etc/machine-id")
+#: set in what :func:`uuid.getnode` returns when it found no MAC and made a random one up
+_RANDOM_NODE_BIT = 0x010000000000
+
+log = logging.getLogger(__name__)
 
 
 class Node:
@@ -45,6 +58,9 @@ class Node:
     # -- role --------------------------------------------------------------------------------------
 
     def role(self) -> str | None:
+        path = sqlite_path(self.db.url)
+        if path is not None and not path.parent.exists():
+            return None  # a new database in a new folder: `init` makes both (SQLite would refuse)
         try:
             with self.db.read() as conn:
                 if not sa.inspect(conn).has_table("node_config"):
@@ -115,7 +131,52 @@ class Node:
             set_config(s, "secret_file", str(path.resolve()))
             set_config(s, "ca_file", str(Path(ca_file).resolve()) if ca_file else None)
             ensure_stream(s, UPLINK_STREAM)
+            self._instance(s)  # kept when the database is initialized again in its place
         return current is None
+
+    # -- instance ----------------------------------------------------------------------------------
+
+    def instance_id(self) -> str:
+        """This edge database's instance id, the identity it names in its Hello.
+
+        A copied database (an SD card or VM image cloned to a second box) holds the same id as the
+        original, and both would connect with the same credentials; the cloud serves one instance
+        per edge, so a copy must notice it is one. The database therefore also records where it
+        lives (:func:`instance_place`): at another place it mints a new id, keeps the old one under
+        ``instance_copied_from`` and logs a warning. The same place keeps the same id, so a box
+        restored from its own backup at the same path is still the edge. A database made before
+        instances existed gets its id here. Which copy is the edge is the cloud's decision (the
+        first one it serves, until an operator runs `winstar edge reset-instance`), not the box's.
+        """
+        self.require(EDGE, "an instance id")
+        with self.db.begin() as s:
+            return self._instance(s)
+
+    def _instance(self, s: Session) -> str:
+        # serialize minting between processes (SQLite's BEGIN IMMEDIATE does already)
+        s.execute(sa.select(NodeConfig.key).where(NodeConfig.key == "role").with_for_update())
+        current = get_config(s, "instance_id")
+        place = instance_place(self.db.url)
+        recorded = get_config(s, "instance_place")
+        if current is not None and recorded == place:
+            return str(current)
+        new = str(uuid.uuid4())
+        set_config(s, "instance_id", new)
+        set_config(s, "instance_place", place)
+        if current is not None:
+            set_config(s, "instance_copied_from", current)
+            edge = shlex.quote(str(get_config(s, "edge_name") or "EDGE"))
+            log.warning(
+                "this edge database was copied or moved (it was instance %s somewhere else); it is "
+                "now instance %s. The cloud will refuse this box until an operator runs "
+                "`winstar edge reset-instance %s` in the cloud, unless the cloud had not served "
+                "instance %s yet",
+                current,
+                new,
+                edge,
+                current,
+            )
+        return new
 
     # -- services ----------------------------------------------------------------------------------
 
@@ -145,6 +206,35 @@ def check_address(addr: str, option: str, *, any_port: bool = False) -> str:
     if not (0 if any_port else 1) <= int(port) <= 65535:
         raise WinstarError(f"{option} {addr!r}: the port must be {'0' if any_port else '1'}-65535")
     return addr
+
+
+def instance_place(url: str) -> str:
+    """Where an edge database lives, as a sha256 hex digest: the real path of its SQLite file (a
+    PostgreSQL database: its URL without the password), this machine's ``/etc/machine-id`` and its
+    MAC address. A copy on another box differs in the MAC (a cloned SD card keeps its machine-id);
+    a copy on the same box differs in the path. The MAC counts only when it is real: without one
+    :func:`uuid.getnode` makes up a random one, and the place would change at every run.
+
+    ``WINSTAR_INSTANCE_PLACE``, when set, is the whole input instead (for tests, and for operators
+    whose MAC or path changes by design, a container for example: pin it to anything stable that
+    a copy of the database would not share).
+    """
+    override = os.environ.get(INSTANCE_PLACE_ENV)
+    if override:
+        parts = ["pinned", override]
+    else:
+        path = sqlite_path(url)
+        if path is not None:
+            where = os.path.realpath(path)
+        else:
+            where = sa.engine.make_url(url).render_as_string(hide_password=True)  # "***"
+        try:
+            machine = MACHINE_ID.read_text().strip()
+        except OSError:
+            machine = ""
+        mac = uuid.getnode()
+        parts = [where, machine, "" if mac & _RANDOM_NODE_BIT else f"{mac:012x}"]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def default_secret_file(url: str, routing_key: str) -> Path:

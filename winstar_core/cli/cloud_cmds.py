@@ -7,7 +7,8 @@ import click
 from winstar_core.cli.api import current_node, emit, node_options
 from winstar_core.services.cloud import CloudService, edge_connected
 from winstar_core.services.common import event_json, iso
-from winstar_core.store.models import Customer, Edge, Role, Tenant, User
+from winstar_core.services.instances import event_counts, reset_instance
+from winstar_core.store.models import FAILED, PENDING, Customer, Edge, Role, Tenant, User
 
 STATUS = click.Choice(["pending", "delivered", "failed"], case_sensitive=False)
 
@@ -191,6 +192,60 @@ def edge_list(as_json: bool) -> None:
         pending = cloud.pending_counts()
         value = [edge_json(e, pending.get(e.id, 0)) for e in cloud.list_edges()]
     emit(value, as_json, ["id", "name", "tenant_id", "connected", "last_seen", "pending"])
+
+
+@edge_group.command("show")
+@click.argument("edge_ref", metavar="EDGE")
+@click.option("--tenant", "tenant_ref", help="tenant name or id, when the edge name is ambiguous")
+@node_options
+def edge_show(edge_ref: str, tenant_ref: str | None, as_json: bool) -> None:
+    """One edge: its link, the box (instance) the cloud serves, its downlinks and its last sync.
+
+    `instance` is the edge database the cloud serves (null: none yet) and `conflict` a line about
+    the last refused box (null if none); see `winstar edge reset-instance`. The sync's counters
+    (added, updated, removed, unchanged, failed, bytes) are not recorded yet and are null.
+    """
+    with current_node().cloud("winstar edge show") as cloud:
+        edge = cloud.find_edge(edge_ref, cloud.find_tenant(tenant_ref) if tenant_ref else None)
+        counts = event_counts(cloud.session, edge)
+        base = edge_json(edge, counts.get(PENDING, 0))
+        value = {
+            **{k: base[k] for k in ("id", "name", "tenant_id", "customer_id", "connected")},
+            "node": None,  # the name of the node serving the edge: with several cloud nodes
+            "instance": edge.instance_id,
+            "conflict": edge.conflict,
+            "last_seen": base["last_seen"],
+            "pending": base["pending"],
+            "failed": counts.get(FAILED, 0),
+            "sync": {
+                "state": "pending" if edge.sync_requested else "done" if edge.last_sync else "none",
+                "requested": bool(edge.sync_requested),
+                "finished": iso(edge.last_sync),
+                # not recorded yet
+                "added": None,
+                "updated": None,
+                "removed": None,
+                "unchanged": None,
+                "failed": None,
+                "bytes": None,
+            },
+        }
+    emit(value, as_json)
+
+
+@edge_group.command("reset-instance")
+@click.argument("edge_ref", metavar="EDGE")
+@click.option("--tenant", "tenant_ref", help="tenant name or id, when the edge name is ambiguous")
+@node_options
+def edge_reset_instance(edge_ref: str, tenant_ref: str | None, as_json: bool) -> None:
+    """Move the edge to a new box: the next edge database that connects with this edge's
+    credentials becomes the edge and gets a full sync; the box that had it is refused from then on.
+    """
+    with current_node().cloud("winstar edge reset-instance") as cloud:
+        edge = cloud.find_edge(edge_ref, cloud.find_tenant(tenant_ref) if tenant_ref else None)
+        reset_instance(cloud.session, edge)
+        value = {"edge_id": str(edge.id), "reset": True}
+    emit(value, as_json)
 
 
 def _edge_and_entity(cloud: CloudService, edge_ref: str, type_name: str, ref: str, tenant_ref: str | None):  # type: ignore[no-untyped-def]

@@ -95,6 +95,8 @@ def status(as_json: bool) -> None:
             "edge_id": get_config(s, "edge_id"),
             "edge_name": get_config(s, "edge_name"),
             "edition": edge.edition,
+            # read as stored: `winstar run` mints it (and notices a copied database), not status
+            "instance": get_config(s, "instance_id"),
         }
     emit(value, as_json)
 

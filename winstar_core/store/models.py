@@ -111,6 +111,17 @@ class Edge(Base):
     sync_requested: Mapped[bool] = mapped_column(sa.Boolean, default=False)
     last_sync: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
     created_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
+    # A copied edge database (a cloned SD card or VM image) connects with the same credentials as
+    # the original; the cloud serves one edge database (its "instance") and refuses the others
+    # (services/instances.py).
+    #: the instance id (a UUID) of the edge database the cloud serves; None: no box served yet
+    instance_id: Mapped[str | None] = mapped_column(sa.String(36), nullable=True)
+    #: an operator ran `winstar edge reset-instance`: the next new instance becomes the edge
+    instance_reset: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    #: when the served instance was adopted
+    instance_since: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    #: one line about the last refused box (or the last move to a new box); None if none
+    conflict: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
 
 
 class Entity(Base):

@@ -230,22 +230,40 @@ class EdgeClient:
                 edge.apply_config(welcome.edge, welcome.users)
             except WinstarError as exc:
                 raise ProtocolViolation(f"the Welcome's edge configuration: {exc}") from None
-            # The cloud applied this edge's stream further than this database ever wrote: it is a
-            # restored backup. New uplinks must not reuse seqs the cloud has seen (it would take
-            # them for duplicates): the counter moves past the cloud's mark.
-            counter = edge.session.get(StreamCounter, UPLINK_STREAM)
-            if counter is not None and counter.last_seq < welcome.applied_uplink_seq:
-                log.warning(
-                    "the cloud applied uplinks up to seq %d, this database wrote only up to %d (restored"
-                    " from a backup?): new uplinks start after %d",
-                    welcome.applied_uplink_seq,
-                    counter.last_seq,
-                    welcome.applied_uplink_seq,
-                )
-                counter.last_seq = welcome.applied_uplink_seq
+            self._catch_up(edge, welcome.applied_uplink_seq)
             set_config(edge.session, "connected", True)
             set_config(edge.session, "last_error", None)
             set_config(edge.session, "link_heartbeat", now_ms())
+
+    @staticmethod
+    def _catch_up(edge: EdgeService, cloud_mark: int) -> None:
+        """The cloud says it applied this edge's stream beyond anything this database wrote: the
+        database is older than the stream (restored from a backup). Its PENDING uplinks may reuse
+        seqs the cloud has already applied for other events, and the cloud would take them for
+        duplicates: acknowledged, never applied. So they move, in order, past the cloud's mark
+        (an event the cloud had in fact applied is then applied again, the lesser harm), and so
+        does the counter, for every later change."""
+        counter = edge.session.get(StreamCounter, UPLINK_STREAM)
+        if counter is None or counter.last_seq >= cloud_mark:
+            return
+        if counter.last_seq + cloud_mark > MAX_SEQ:
+            raise ProtocolViolation(f"the cloud's mark of this edge's stream ({cloud_mark}) is out of reach")
+        pending = CloudEvent.status == "PENDING"
+        moved = edge.session.scalar(sa.select(sa.func.count()).select_from(CloudEvent).where(pending))
+        edge.session.execute(
+            sa.update(CloudEvent)
+            .where(pending)
+            .values(seq=CloudEvent.seq + cloud_mark)
+            .execution_options(synchronize_session=False)
+        )
+        log.warning(
+            "the cloud applied this edge's uplinks up to seq %d, this database wrote only up to %d"
+            " (restored from a backup?): %d pending uplink(s) renumbered past the cloud's mark",
+            cloud_mark,
+            counter.last_seq,
+            moved,
+        )
+        counter.last_seq += cloud_mark
 
     async def _session(self, stop: asyncio.Event) -> None:
         receiver = downlink_receiver(self.node)

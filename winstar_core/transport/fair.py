@@ -4,8 +4,10 @@ Every session of the cloud hands its database work (apply a batch, mark an ack, 
 batch) to one :class:`FairExecutor` under the key ``(tenant, edge)``. Worker threads take jobs
 round-robin: first across tenants, then across the edges of that tenant, first in, first out for
 one edge. One tenant's edges, however many streams they open and however much they send, get one
-turn in each round; another tenant's job waits at most for the jobs already running (each is one
-message's worth of work, bounded by the limits of :mod:`winstar_core.transport.limits`).
+turn in each round, and never more than half of the workers at once: another tenant's job finds a
+free worker at once unless two or more tenants are busy, and then waits at most for the jobs
+already running (each is one message's worth of work, bounded by the limits of
+:mod:`winstar_core.transport.limits`).
 
 A job whose caller gave up (its session ended) before a worker reached it is dropped, so a
 session's work stops with the session.
@@ -26,7 +28,10 @@ _Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]", asyncio
 
 
 class FairExecutor:
-    def __init__(self, workers: int = 4, name: str = "winstar-db") -> None:
+    def __init__(self, workers: int = 4, name: str = "winstar-db", per_tenant: int | None = None) -> None:
+        #: the most workers one tenant may hold at once
+        self.per_tenant = max(1, per_tenant if per_tenant is not None else workers // 2)
+        self._running: collections.Counter[Hashable] = collections.Counter()
         #: tenant -> edge -> jobs; both levels rotate (an OrderedDict used as a ring)
         self._queues: collections.OrderedDict[
             Hashable, collections.OrderedDict[Hashable, collections.deque[_Job]]
@@ -57,13 +62,20 @@ class FairExecutor:
         with self._cv:
             return sum(len(q) for edges in self._queues.values() for q in edges.values())
 
-    def _next(self) -> _Job | None:
+    def _eligible(self) -> Hashable | None:
+        """The first tenant in the rotation with a queued job and a worker to spare."""
+        for tenant in self._queues:
+            if self._running[tenant] < self.per_tenant:
+                return tenant
+        return None
+
+    def _next(self) -> tuple[Hashable, _Job] | None:
         with self._cv:
-            while not self._queues and not self._closed:
+            while not self._closed and (tenant := self._eligible()) is None:
                 self._cv.wait()
             if self._closed:
                 return None
-            tenant, edges = next(iter(self._queues.items()))
+            edges = self._queues[tenant]
             edge, jobs = next(iter(edges.items()))
             job = jobs.popleft()
             if jobs:
@@ -74,19 +86,30 @@ class FairExecutor:
                 self._queues.move_to_end(tenant)
             else:
                 del self._queues[tenant]
-            return job
+            self._running[tenant] += 1
+            return tenant, job
+
+    def _done(self, tenant: Hashable) -> None:
+        with self._cv:
+            self._running[tenant] -= 1
+            if not self._running[tenant]:
+                del self._running[tenant]
+            self._cv.notify()  # the tenant may have jobs that waited for a worker of its own
 
     def _work(self) -> None:
-        while (job := self._next()) is not None:
-            fn, args, future, loop = job
-            if future.cancelled():  # the session ended while the job waited: its work stops
-                continue
+        while (picked := self._next()) is not None:
+            tenant, (fn, args, future, loop) = picked
             try:
-                result, error = fn(*args), None
-            except BaseException as exc:  # handed to the awaiting coroutine
-                result, error = None, exc
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-                loop.call_soon_threadsafe(_settle, future, result, error)
+                if future.cancelled():  # the session ended while the job waited: its work stops
+                    continue
+                try:
+                    result, error = fn(*args), None
+                except BaseException as exc:  # handed to the awaiting coroutine
+                    result, error = None, exc
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                    loop.call_soon_threadsafe(_settle, future, result, error)
+            finally:
+                self._done(tenant)
 
     def shutdown(self) -> None:
         with self._cv:

@@ -19,6 +19,10 @@ MAX_BATCH_EVENTS = 10_000
 MAX_IN_FLIGHT = 4
 #: sequence numbers are 1 .. 2^63-1 (a signed 64-bit column on both databases)
 MAX_SEQ = 2**63 - 1
+#: how far past the receiver's knowledge of a stream (its mark, or the last_seq the sender last
+#: announced) a batch may announce the stream's end: far more than any sender writes between two
+#: batches, and it would take a broken peer billions of batches to bring a mark near MAX_SEQ
+MAX_SEQ_JUMP = 2**32
 #: entity types a Hello or Welcome may announce
 MAX_ANNOUNCED_TYPES = 1_000
 

@@ -54,6 +54,7 @@ from winstar_core.transport.limits import (
     MAX_IN_FLIGHT,
     MAX_MESSAGE_BYTES,
     MAX_SEQ,
+    MAX_SEQ_JUMP,
 )
 from winstar_core.transport.logsummary import LogSummary
 from winstar_core.transport.pb import sync_pb2 as pb
@@ -407,13 +408,20 @@ def reason(exc: BaseException) -> str:
     return clean_text(text, 1000)
 
 
-def check_batch(events: Sequence[pb.Event], last_seq: int | None) -> None:
+def check_batch(events: Sequence[pb.Event], last_seq: int | None, known: int | None = None) -> None:
     """The rules a batch itself must keep (docs/protocol.md); a batch that breaks one is a
-    :class:`ProtocolViolation`. ``last_seq`` None: a local caller, no announced limit."""
+    :class:`ProtocolViolation`. ``last_seq`` None: a local caller, no announced limit. ``known``:
+    the highest seq of the stream the receiver knows of (its mark, or what the sender announced
+    before); the batch may announce at most :data:`MAX_SEQ_JUMP` beyond it."""
     if len(events) > MAX_BATCH_EVENTS:
         raise ProtocolViolation(f"a batch of {len(events):,} events (at most {MAX_BATCH_EVENTS:,})")
     if last_seq is not None and events and not 1 <= last_seq <= MAX_SEQ:
         raise ProtocolViolation(f"the batch announces last seq {last_seq}, outside 1..{MAX_SEQ}")
+    if last_seq is not None and known is not None and last_seq > known + MAX_SEQ_JUMP:
+        raise ProtocolViolation(
+            f"the batch announces last seq {last_seq}, more than {MAX_SEQ_JUMP:,} past seq {known},"
+            " the last this receiver knows of: not a seq the sender could have written"
+        )
     previous = 0
     for e in events:
         if not 1 <= e.seq <= MAX_SEQ:
@@ -444,6 +452,8 @@ class Receiver:
     #: ``finish(service)``: write what ``apply_one`` collected to write in bulk (before a commit)
     finish: Callable[[Any], None] | None = None
     applied: int = 0
+    #: the highest seq of the stream this receiver knows of: its mark, then what the sender announced
+    known: int | None = None
 
     def mark(self) -> int:
         with self.db.read() as conn:
@@ -458,7 +468,11 @@ class Receiver:
         streams got new events (to wake their senders). ``last_seq``: the highest seq the sender
         announced for its stream. Raises :class:`ProtocolViolation` for a batch that breaks the
         protocol, and a database error (the batch must come again) only when the database failed."""
-        check_batch(events, last_seq)
+        if last_seq is not None and self.known is None:
+            self.known = self.mark()
+        check_batch(events, last_seq, self.known)
+        if last_seq is not None and events:
+            self.known = max(self.known or 0, last_seq)
         valid = [e for e in events if 1 <= e.seq <= MAX_SEQ]
         if valid:
             try:

@@ -27,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from winstar_core.node import Node
 from winstar_core.services.cloud import CloudService, check_secret, hash_secret
+from winstar_core.services.common import parse_uuid
 from winstar_core.services.instances import admit_instance, uplink_mark_stream_for
 from winstar_core.store.models import Edge, StreamMark, now_ms
 from winstar_core.store.outbox import NOTIFY_CHANNEL_DOWNLINK, uplink_mark_stream
@@ -119,6 +120,8 @@ def check_hello(hello: pb.Hello) -> None:
         raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"applied_downlink_seq is outside 0..{MAX_SEQ}")
     if len(hello.entity_types) > MAX_ANNOUNCED_TYPES:
         raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"more than {MAX_ANNOUNCED_TYPES} entity types")
+    if parse_uuid(hello.instance_id) is None:
+        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "the Hello names no valid instance id (a UUID)")
 
 
 def uplink_receiver(node: Node, edge_id: uuid.UUID, instance_id: str | None = None) -> Receiver:

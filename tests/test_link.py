@@ -298,6 +298,47 @@ def test_edge_restored_from_its_own_backup_is_resynced_automatically(
     restored.close()
 
 
+def test_a_cloud_restored_from_a_backup_does_not_reuse_seqs_the_edge_applied(
+    cloud_node, tmp_path, platform, link_runner
+):
+    from winstar_core.store.models import StreamCounter
+    from winstar_core.store.outbox import downlink_stream
+
+    with cloud_node.cloud() as c:
+        t = c.create_tenant("Acme")
+        edge, secret = c.create_edge("e", t)
+        for name in ("a1", "a2", "a3"):
+            c.assign(edge, c.create_entity("asset", name, t))
+    server = link_runner.start_cloud(cloud_node, 0)
+    box = Node(f"sqlite:///{tmp_path / 'box.db'}", platform=platform)
+    box.init_edge(f"127.0.0.1:{server.port}", edge.routing_key, secret)
+    h = link_runner.start_edge(box)
+    wait_until(lambda: _pending(cloud_node) == 0 and "a3" in _edge_names(box), what="the first drain")
+    link_runner.stop_edge(h)
+    # the cloud's database goes back to a backup taken before its downlinks to the edge were written
+    with cloud_node.db.begin() as s:
+        s.execute(sa.delete(EdgeEvent).where(EdgeEvent.edge_id == edge.id))
+        s.execute(
+            sa.update(StreamCounter)
+            .where(StreamCounter.stream == downlink_stream(edge.id))
+            .values(last_seq=0)
+        )
+    with cloud_node.cloud() as c:  # seq 1 again, which the edge has applied already (as a1)
+        c.assign(c.find_edge("e"), c.create_entity("asset", "after-restore", c.find_tenant("Acme")))
+    h = link_runner.start_edge(box)
+    wait_until(
+        lambda: "after-restore" in _edge_names(box),
+        what="the new downlink applied, not taken for a duplicate",
+    )
+    wait_until(lambda: _pending(cloud_node) == 0, what="everything acknowledged")
+    with cloud_node.db.read() as conn:
+        seqs = sorted(conn.scalars(sa.select(EdgeEvent.seq).where(EdgeEvent.edge_id == edge.id)))
+    assert seqs[0] > 3  # moved past the edge's mark
+    link_runner.stop_edge(h)
+    link_runner.stop_cloud(server, 0.2)
+    box.close()
+
+
 def test_a_new_database_for_an_edge_is_refused_until_an_operator_moves_the_edge(
     cloud_node, tmp_path, platform, link_runner
 ):

@@ -165,6 +165,33 @@ class Outbox:
         return touched
 
 
+def move_past(session: Session, model: Any, peer_mark: int, edge_id: uuid.UUID | None = None) -> int:
+    """The peer says it applied this stream up to ``peer_mark``, beyond the stream's own counter:
+    this database is older than the stream (restored from a backup). Its PENDING events may reuse
+    seqs the peer already applied for other events, and the peer would take them for duplicates
+    (acknowledged, never applied). So they move, in order, past the peer's mark (``seq + mark``),
+    and the counter with them. An event the peer had in fact applied is then applied again: the
+    lesser harm. Returns how many events moved; the caller bounds ``peer_mark``."""
+    stream = downlink_stream(edge_id) if edge_id is not None else UPLINK_STREAM
+    ensure_stream(session, stream)
+    counter = session.get(StreamCounter, stream, with_for_update=True)
+    assert counter is not None
+    if counter.last_seq >= peer_mark:
+        return 0
+    where = [model.status == "PENDING"]
+    if edge_id is not None:
+        where.append(model.edge_id == edge_id)
+    moved = int(session.scalar(sa.select(sa.func.count()).select_from(model).where(*where)) or 0)
+    session.execute(
+        sa.update(model)
+        .where(*where)
+        .values(seq=model.seq + peer_mark)
+        .execution_options(synchronize_session=False)
+    )
+    counter.last_seq += peer_mark
+    return moved
+
+
 def retry_failed(
     session: Session, model: Any, seqs: list[int] | None, edge_id: uuid.UUID | None = None
 ) -> list[int]:

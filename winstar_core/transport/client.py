@@ -23,12 +23,13 @@ from winstar_core.node import Node, read_secret
 from winstar_core.services.common import get_config, set_config
 from winstar_core.services.edge import EdgeService
 from winstar_core.store.models import CloudEvent, StreamCounter, now_ms
-from winstar_core.store.outbox import DOWNLINK_MARK_STREAM, NOTIFY_CHANNEL_UPLINK, UPLINK_STREAM
+from winstar_core.store.outbox import DOWNLINK_MARK_STREAM, NOTIFY_CHANNEL_UPLINK, UPLINK_STREAM, move_past
 from winstar_core.transport.common import CLIENT_OPTIONS, listen
 from winstar_core.transport.limits import (
     MAX_ANNOUNCED_TYPES,
     MAX_MESSAGE_BYTES,
     MAX_SEQ,
+    MAX_SEQ_JUMP,
     METADATA_ROUTING_KEY,
     METADATA_SECRET,
     MIN_PEER_MESSAGE_BYTES,
@@ -237,33 +238,25 @@ class EdgeClient:
 
     @staticmethod
     def _catch_up(edge: EdgeService, cloud_mark: int) -> None:
-        """The cloud says it applied this edge's stream beyond anything this database wrote: the
-        database is older than the stream (restored from a backup). Its PENDING uplinks may reuse
-        seqs the cloud has already applied for other events, and the cloud would take them for
-        duplicates: acknowledged, never applied. So they move, in order, past the cloud's mark
-        (an event the cloud had in fact applied is then applied again, the lesser harm), and so
-        does the counter, for every later change."""
+        """The cloud applied this edge's uplinks beyond anything this database wrote (a restored
+        backup): move the pending ones past its mark (see :func:`move_past`)."""
         counter = edge.session.get(StreamCounter, UPLINK_STREAM)
-        if counter is None or counter.last_seq >= cloud_mark:
+        last = counter.last_seq if counter is not None else 0
+        if last >= cloud_mark:
             return
-        if counter.last_seq + cloud_mark > MAX_SEQ:
-            raise ProtocolViolation(f"the cloud's mark of this edge's stream ({cloud_mark}) is out of reach")
-        pending = CloudEvent.status == "PENDING"
-        moved = edge.session.scalar(sa.select(sa.func.count()).select_from(CloudEvent).where(pending))
-        edge.session.execute(
-            sa.update(CloudEvent)
-            .where(pending)
-            .values(seq=CloudEvent.seq + cloud_mark)
-            .execution_options(synchronize_session=False)
-        )
+        if cloud_mark > last + MAX_SEQ_JUMP or last + cloud_mark > MAX_SEQ:
+            raise ProtocolViolation(
+                f"the cloud says it applied this edge's uplinks up to seq {cloud_mark}, far beyond"
+                f" seq {last}, the last this edge wrote"
+            )
+        moved = move_past(edge.session, CloudEvent, cloud_mark)
         log.warning(
             "the cloud applied this edge's uplinks up to seq %d, this database wrote only up to %d"
             " (restored from a backup?): %d pending uplink(s) renumbered past the cloud's mark",
             cloud_mark,
-            counter.last_seq,
+            last,
             moved,
         )
-        counter.last_seq += cloud_mark
 
     async def _session(self, stop: asyncio.Event) -> None:
         receiver = downlink_receiver(self.node)

@@ -29,8 +29,8 @@ from winstar_core.node import Node
 from winstar_core.services.cloud import CloudService, check_secret, hash_secret
 from winstar_core.services.common import parse_uuid
 from winstar_core.services.instances import admit_instance, uplink_mark_stream_for
-from winstar_core.store.models import Edge, StreamMark, now_ms
-from winstar_core.store.outbox import NOTIFY_CHANNEL_DOWNLINK, uplink_mark_stream
+from winstar_core.store.models import Edge, EdgeEvent, StreamCounter, StreamMark, now_ms
+from winstar_core.store.outbox import NOTIFY_CHANNEL_DOWNLINK, downlink_stream, move_past, uplink_mark_stream
 from winstar_core.transport.common import SERVER_OPTIONS, listen
 from winstar_core.transport.fair import FairExecutor
 from winstar_core.transport.limits import (
@@ -39,6 +39,7 @@ from winstar_core.transport.limits import (
     MAX_ANNOUNCED_TYPES,
     MAX_MESSAGE_BYTES,
     MAX_SEQ,
+    MAX_SEQ_JUMP,
     METADATA_ROUTING_KEY,
     METADATA_SECRET,
     MIN_PEER_MESSAGE_BYTES,
@@ -189,16 +190,19 @@ class EdgeSession:
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    def _on_connect(self) -> pb.Welcome | str:
-        """Admit the box and mark the edge connected: the Welcome, or the reason it is refused."""
+    def _on_connect(self) -> pb.Welcome | Refusal:
+        """Admit the box and mark the edge connected: the Welcome, or why it is refused."""
         delivered = OutboxStream(self.node.db, self.edge_id).highest_delivered()
         with self.node.cloud() as cloud:
             edge = cloud.session.get(Edge, self.edge_id)
             if edge is None:
-                return "the edge was deleted"
+                return Refusal(grpc.StatusCode.FAILED_PRECONDITION, "the edge was deleted")
             admission = admit_instance(cloud.session, edge, self.hello.instance_id, self.host)
-            if not admission.ok:
-                return admission.reason  # the transaction commits the conflict line
+            if not admission.ok:  # the transaction commits the conflict line
+                return Refusal(grpc.StatusCode.FAILED_PRECONDITION, admission.reason)
+            behind = self._catch_up(cloud)
+            if isinstance(behind, Refusal):
+                return behind
             row = cloud.session.get(StreamMark, self.receiver.stream)
             mark = row.applied_seq if row is not None else 0
             self.sender.progress.what = f"downlinks to edge {edge.name!r}"
@@ -206,11 +210,41 @@ class EdgeSession:
             edge.last_seen = now_ms()
             edge.last_error = None
             welcome = edge_welcome(cloud, edge, applied_uplink_seq=mark)
-            if admission.full_sync or edge.sync_requested or self.hello.applied_downlink_seq < delivered:
-                # moved to a new box, asked for, or the edge lost what it had (new disk, restored
-                # backup): full sync
+            if (
+                admission.full_sync
+                or behind
+                or edge.sync_requested
+                or self.hello.applied_downlink_seq < delivered
+            ):
+                # moved to a new box, asked for, the edge lost what it had (restored backup), or
+                # the edge holds what this database forgot (the cloud's was restored): full sync
                 cloud.run_sync(edge)
         return welcome
+
+    def _catch_up(self, cloud: CloudService) -> bool | Refusal:
+        """The edge applied this stream beyond anything this database wrote (the cloud's database
+        was restored from a backup): move the pending downlinks past the edge's mark (see
+        :func:`move_past`). Returns whether they moved."""
+        counter = cloud.session.get(StreamCounter, downlink_stream(self.edge_id))
+        last = counter.last_seq if counter is not None else 0
+        mark = self.hello.applied_downlink_seq
+        if mark <= last:
+            return False
+        if mark > last + MAX_SEQ_JUMP or last + mark > MAX_SEQ:
+            return Refusal(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"applied_downlink_seq {mark} is far beyond seq {last}, the last the cloud wrote to this edge",
+            )
+        moved = move_past(cloud.session, EdgeEvent, mark, self.edge_id)
+        log.warning(
+            "edge %s applied its downlinks up to seq %d, the cloud wrote only up to %d (restored from a"
+            " backup?): %d pending downlink(s) renumbered past the edge's mark, full sync queued",
+            self.edge_id,
+            mark,
+            last,
+            moved,
+        )
+        return True
 
     def _housekeeping_tick(self, touch: bool) -> bool:
         with self.node.cloud() as cloud:
@@ -234,8 +268,8 @@ class EdgeSession:
 
     async def connect(self) -> pb.Welcome:
         result = await self.offload(self._on_connect)
-        if isinstance(result, str):
-            raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, result)
+        if isinstance(result, Refusal):
+            raise result
         return result
 
     async def run(self, context: grpc.aio.ServicerContext, welcome: pb.Welcome) -> None:

@@ -17,29 +17,75 @@ from winstar_core.errors import InvalidData, NotFound, PluginError
 _SCHEMAS: dict[type, marshmallow.Schema] = {}
 
 
-def _unstorable(value: Any) -> str | None:
-    """Why PostgreSQL's JSONB (and the JSON on the wire) cannot hold ``value``, or None."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            return "the NUL character (\\u0000)"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return f"a lone surrogate ({value!r} is not valid Unicode text)"
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"a number JSON cannot write ({value})"
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            why = _unstorable(k) or _unstorable(v)
-            if why:
-                return why
-    elif isinstance(value, list | tuple):
-        for v in value:
-            why = _unstorable(v)
-            if why:
-                return why
+#: how deeply objects and arrays may nest in an entity's data. Far more than any real entity
+#: needs, and small enough that nothing which walks the data (a schema, ``json.dumps``, a
+#: comparison of two values) can run out of stack on it
+MAX_DATA_DEPTH = 64
+
+
+def text_problem(value: str) -> str | None:
+    """Why PostgreSQL (and the JSON on the wire) cannot hold the text ``value``, or None."""
+    if "\x00" in value:
+        return "the NUL character (\\u0000)"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"a lone surrogate ({shown(value)} is not valid Unicode text)"
     return None
+
+
+def shown(value: str, limit: int = 60) -> str:
+    """``value`` as it appears in a one-line message: quoted, escaped, cut to ``limit`` characters."""
+    return repr(value[:limit]) + ("..." if len(value) > limit else "")
+
+
+def _too_deep() -> str:
+    return f"objects or arrays nested more than {MAX_DATA_DEPTH} levels deep"
+
+
+def _unstorable(value: Any) -> str | None:
+    """Why PostgreSQL's JSONB (and the JSON on the wire) cannot hold ``value``, or None.
+
+    Walks the data with a stack of its own, not Python's: data from a peer or a user may nest as
+    deeply as it likes, and must get a refusal, not a RecursionError (or a crash)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]  # (value, how many containers hold it)
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            why = text_problem(item)
+            if why:
+                return why
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return f"a number JSON cannot write ({item})"
+        elif isinstance(item, Mapping | list | tuple):
+            if depth >= MAX_DATA_DEPTH:  # also ends a cycle (a plugin's data may have one)
+                return _too_deep()
+            if isinstance(item, Mapping):
+                for k, v in item.items():
+                    stack.append((k, depth + 1))
+                    stack.append((v, depth + 1))
+            else:
+                stack.extend((v, depth + 1) for v in item)
+    return None
+
+
+def _deeper_than_allowed(value: Any) -> bool:
+    """Whether objects or arrays nest in ``value`` more than :data:`MAX_DATA_DEPTH` levels (no
+    recursion: checked before anything that recurses, such as a marshmallow schema, sees it)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth >= MAX_DATA_DEPTH:
+            return True
+        stack.extend((v, depth + 1) for v in children if isinstance(v, Mapping | list | tuple))
+    return False
 
 
 #: the most an entity's data may weigh, as compact JSON: well inside one message of the link
@@ -85,6 +131,8 @@ class EntityType:
     def validate(cls, data: Mapping[str, Any] | None) -> dict[str, Any]:
         """Validate user or peer input and return the data to store (defaults filled in)."""
         given = dict(data or {})
+        if _deeper_than_allowed(given):  # before the schema, which walks nested data recursively
+            raise InvalidData(f"invalid {cls.name} data: it holds {_too_deep()}")
         try:
             loaded = cls.schema_instance().load(given)
         except marshmallow.ValidationError as exc:
@@ -95,8 +143,9 @@ class EntityType:
 
     @classmethod
     def check_storable(cls, data: Mapping[str, Any]) -> None:
-        """Refuse data heavier than :data:`MAX_DATA_BYTES` or holding what PostgreSQL cannot
-        store in JSON (see :func:`_unstorable`)."""
+        """Refuse data heavier than :data:`MAX_DATA_BYTES`, nested more than
+        :data:`MAX_DATA_DEPTH` levels, or holding what PostgreSQL cannot store in JSON (see
+        :func:`_unstorable`)."""
         why = _unstorable(data)
         if why:
             raise InvalidData(f"{cls.name} data may not contain {why}")
@@ -122,14 +171,31 @@ class EntityType:
 
     @classmethod
     def deserialize(cls, payload: bytes) -> dict[str, Any]:
-        """Read a payload produced by :meth:`serialize` (possibly by the peer), validating it."""
+        """Read a payload produced by :meth:`serialize` (possibly by the peer), validating it.
+
+        A peer's payload is anything at all: every way it can be wrong is an :class:`InvalidData`
+        with a one-line reason (never a RecursionError from JSON nested 100,000 levels deep, nor
+        a ValueError from a number of 5,000 digits), and what the store cannot hold (NUL
+        characters, lone surrogates, NaN, deep nesting) is refused before the schema runs."""
         cls.check_size(len(payload))
         try:
             raw = json.loads(payload.decode() or "{}")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except UnicodeDecodeError as exc:
+            raise InvalidData(f"unreadable {cls.name} payload: not UTF-8 text ({exc.reason})") from None
+        except json.JSONDecodeError as exc:
             raise InvalidData(f"unreadable {cls.name} payload: {exc}") from None
+        except RecursionError:
+            raise InvalidData(
+                f"unreadable {cls.name} payload: its JSON nests too deeply to read"
+                f" (an entity's data may nest {MAX_DATA_DEPTH} levels)"
+            ) from None
+        except ValueError as exc:  # an integer too long to convert, say
+            raise InvalidData(f"unreadable {cls.name} payload: {_one_line(str(exc))}") from None
         if not isinstance(raw, dict):
             raise InvalidData(f"unreadable {cls.name} payload: not an object")
+        why = _unstorable(raw)
+        if why:
+            raise InvalidData(f"{cls.name} data may not contain {why}")
         return cls.validate(raw)
 
     # -- containers ------------------------------------------------------------------------------
@@ -140,12 +206,17 @@ class EntityType:
         return False
 
 
-def _one_line(messages: Any) -> str:
+def _one_line(messages: Any, depth: int = 0) -> str:
+    """A schema's error messages (nested dicts and lists of strings) as one line. Their nesting
+    follows the data's, which :data:`MAX_DATA_DEPTH` bounds; the cut-off below bounds it even for
+    a plugin's validator that nests its messages on its own."""
+    if depth > MAX_DATA_DEPTH:
+        return "..."
     if isinstance(messages, dict):
-        return "; ".join(f"{k}: {_one_line(v)}" for k, v in messages.items())
+        return "; ".join(f"{k}: {_one_line(v, depth + 1)}" for k, v in messages.items())
     if isinstance(messages, list):
-        return ", ".join(_one_line(m) for m in messages)
-    return str(messages)
+        return ", ".join(_one_line(m, depth + 1) for m in messages)
+    return " ".join(str(messages).split())
 
 
 class EntityTypeRegister:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import re
 import secrets
 import uuid
 from collections.abc import Iterable
@@ -35,11 +36,18 @@ from winstar_core.services.common import (
     USER_EVENT_TYPE,
     BatchCache,
     EntityStore,
+    chunks,
     clean_name,
     entity_state,
+    event_entity_id,
     fit_name,
     get_config,
+    optional_peer_uuid,
+    parse_body,
     parse_uuid,
+)
+from winstar_core.services.common import (
+    EDITIONS as EDITIONS,  # node.py takes it from here
 )
 from winstar_core.store.models import (
     Assignment,
@@ -65,15 +73,34 @@ from winstar_core.store.outbox import (
 from winstar_core.transport.pb import sync_pb2 as pb
 
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
-EDITIONS = ("ce", "pe")
+
+#: what a secret may be: the ones we issue are ``secrets.token_urlsafe(24)`` (32 characters).
+#: Anything else is refused before it can count: scrypt keys its HMAC with the secret, and HMAC
+#: pads a key with zero bytes (and hashes one longer than its block), so "SECRET" + "\x00" and
+#: "SECRET" would otherwise open the same door
+MAX_SECRET = 128
+SECRET_PATTERN = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_SECRET}}}")
+#: hashed instead of a malformed secret, so that a refusal costs the same scrypt work as a check
+_STAND_IN = "x" * 32
 
 
 def hash_secret(secret: str, salt: bytes) -> bytes:
     return hashlib.scrypt(secret.encode(), salt=salt, dklen=64, **SCRYPT)
 
 
+def well_formed_secret(secret: str) -> bool:
+    """Whether ``secret`` could be one we issued (length first: a hello may carry megabytes)."""
+    return (
+        isinstance(secret, str) and len(secret) <= MAX_SECRET and SECRET_PATTERN.fullmatch(secret) is not None
+    )
+
+
 def check_secret(edge: Edge, secret: str) -> bool:
-    return hmac.compare_digest(hash_secret(secret, edge.secret_salt), edge.secret_hash)
+    """Whether ``secret`` is the edge's, compared exactly and in constant time: a malformed one
+    costs the same scrypt work and comparison as a wrong one (no fast path to time)."""
+    ok = well_formed_secret(secret)
+    match = hmac.compare_digest(hash_secret(secret if ok else _STAND_IN, edge.secret_salt), edge.secret_hash)
+    return ok and match
 
 
 def edge_connected(edge: Edge) -> bool:
@@ -101,13 +128,26 @@ class CloudService:
         self._no_echo: tuple[uuid.UUID, uuid.UUID] | None = None
         #: entities inserted by this transaction and not yet assigned nor made members anywhere
         self._fresh: set[uuid.UUID] = set()
+        #: entities this transaction created from an edge's uplinks: that edge may change them
+        #: in the same batch, whatever an assignment rule made of them
+        self._created_by_edge: set[uuid.UUID] = set()
         self.batch: BatchCache | None = None
         #: rows held for this transaction by id (the identity map keeps only weak references)
         self.pinned: dict[uuid.UUID, Any] = {}
 
     def prefetch(self, edge: Edge, events: list[pb.Event]) -> None:
-        """Before applying a batch of uplinks: load in one go what every event would look up."""
-        self.batch = BatchCache.for_events(self.session, self.types, edge.tenant_id, events)
+        """Before applying a batch of uplinks: load in one go what every event would look up (the
+        entities it names, the holders of its names, the edges the edge's own entities are
+        assigned to), so that a batch of updates or deletes looks nothing up per event."""
+        deleted = {
+            uid
+            for e in events
+            if e.action == DELETED and e.type in self.types and (uid := parse_uuid(e.entity_id)) is not None
+        }
+        batch = BatchCache.for_events(self.session, self.types, edge.tenant_id, events, also=deleted)
+        own = [i for i, e in batch.loaded.items() if e.origin_edge_id == edge.id]
+        batch.edges_of = self._effective_edges_of(own)
+        self.batch = batch
 
     @functools.cached_property
     def edition(self) -> str:
@@ -389,6 +429,7 @@ class CloudService:
         etype = self.types.get(entity.type)
         edges = self.effective_edges(entity.id)
         member_ids = [m.id for m in self.entities.members(entity)] if etype.container else []
+        self._assignment_changes([entity.id, *member_ids])
         direct_edges = self._direct_edges(entity.id) if etype.container else set()
         before = {e: self._effective_subset(e, member_ids) for e in direct_edges}
         self.session.execute(sa.delete(Assignment).where(Assignment.entity_id == entity.id))
@@ -414,6 +455,11 @@ class CloudService:
         )
 
     def effective_edges(self, entity_id: uuid.UUID) -> set[uuid.UUID]:
+        """The edges ``entity_id`` is assigned to, directly or through a container (from the
+        batch's look-up when it holds the answer)."""
+        known = self.batch.edges_of.get(entity_id) if self.batch is not None else None
+        if known is not None:
+            return set(known)
         via_container = (
             sa.select(Assignment.edge_id)
             .join(EntityMember, EntityMember.container_id == Assignment.entity_id)
@@ -421,6 +467,28 @@ class CloudService:
         )
         direct = sa.select(Assignment.edge_id).where(Assignment.entity_id == entity_id)
         return set(self.session.scalars(sa.union(direct, via_container)))
+
+    def _effective_edges_of(self, entity_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, set[uuid.UUID]]:
+        """:meth:`effective_edges` of many entities, a statement per chunk of ids."""
+        out: dict[uuid.UUID, set[uuid.UUID]] = {i: set() for i in entity_ids}
+        for chunk in chunks(out):
+            direct = sa.select(Assignment.entity_id, Assignment.edge_id).where(
+                Assignment.entity_id.in_(chunk)
+            )
+            via = (
+                sa.select(EntityMember.member_id, Assignment.edge_id)
+                .join(Assignment, Assignment.entity_id == EntityMember.container_id)
+                .where(EntityMember.member_id.in_(chunk))
+            )
+            for entity_id, edge_id in self.session.execute(sa.union(direct, via)):
+                out[entity_id].add(edge_id)
+        return out
+
+    def _assignment_changes(self, entity_ids: Iterable[uuid.UUID]) -> None:
+        """The edges of ``entity_ids`` are about to change: forget what the batch knew of them."""
+        if self.batch is not None:
+            for i in entity_ids:
+                self.batch.edges_of.pop(i, None)
 
     def _effective_ids_stmt(self, edge_id: uuid.UUID) -> sa.CompoundSelect:
         direct = sa.select(Assignment.entity_id.label("entity_id")).where(Assignment.edge_id == edge_id)
@@ -448,8 +516,7 @@ class CloudService:
         if not candidates:
             return set()
         out: set[uuid.UUID] = set()
-        for i in range(0, len(candidates), 500):
-            chunk = candidates[i : i + 500]
+        for chunk in chunks(candidates):
             direct = sa.select(Assignment.entity_id).where(
                 Assignment.edge_id == edge_id, Assignment.entity_id.in_(chunk)
             )
@@ -503,6 +570,7 @@ class CloudService:
             members = self.entities.members(entity) if etype.container else []
             candidates = [entity.id, *(m.id for m in members)]
             before = self._effective_subset(edge.id, candidates)
+        self._assignment_changes(candidates)
         self.session.add(Assignment(edge_id=edge.id, entity_id=entity.id, created_time=now_ms()))
         self._emit_added(edge.id, [i for i in candidates if i not in before])
         for m in members:
@@ -523,6 +591,7 @@ class CloudService:
             [entity.id, *(m.id for m in self.entities.members(entity))] if etype.container else [entity.id]
         )
         before = self._effective_subset(edge.id, candidates)
+        self._assignment_changes(candidates)
         self.session.delete(row)
         self.session.flush()
         self._emit_removed({edge.id: before})
@@ -549,6 +618,7 @@ class CloudService:
         edges = sorted(self._direct_edges(container.id), key=str)
         # a member inserted by this transaction is on no edge yet
         before = {e: set() if fresh else self._effective_subset(e, [member.id]) for e in edges}
+        self._assignment_changes([member.id])
         self.session.add(EntityMember(container_id=container.id, member_id=member.id, created_time=now_ms()))
         body = self._membership_body(container, member)
         for edge_id in edges:
@@ -567,6 +637,7 @@ class CloudService:
             )
         edges = sorted(self._direct_edges(container.id), key=str)
         before = {e: self._effective_subset(e, [member.id]) for e in edges}
+        self._assignment_changes([member.id])
         self.session.delete(row)
         self.session.flush()
         body = self._membership_body(container, member)
@@ -590,13 +661,18 @@ class CloudService:
         another entity, the deterministic ``NAME (EDGE_NAME)``, then ``NAME (EDGE_NAME ID8)``; the
         cloud sends the entity back under that name, so the edge ends up agreeing."""
         where = edge.name[:EDGE_SUFFIX]
+        batch = self.batch
         for candidate in (
             name,
             fit_name(name, f" ({where})"),
             fit_name(name, f" ({where} {str(entity_id)[:8]})"),
         ):
-            if self.batch is not None and self.batch.name_holder(type_name, candidate) is None:
-                return candidate  # free when the batch began, and no event of it took it since
+            if (
+                batch is not None
+                and batch.name_known(type_name, candidate)
+                and batch.name_holder(type_name, candidate) in (None, entity_id)
+            ):
+                return candidate  # free (or its own) when the batch began, and no event took it since
             clash = self.session.scalars(
                 sa.select(Entity.id).where(
                     Entity.tenant_id == edge.tenant_id, Entity.type == type_name, Entity.name == candidate
@@ -606,17 +682,27 @@ class CloudService:
                 return candidate
         return fit_name(name, f" ({entity_id})")  # the id alone is unique
 
+    def _check_edge_rights(self, edge: Edge, entity: Entity) -> None:
+        """An edge may change or delete an entity only if it created it and still holds it
+        (directly or through a container): one unassigned from it, and maybe assigned to another
+        edge since, is no longer its to change. One it created in this very transaction is, whatever
+        the assignment rules made of it."""
+        if entity.origin_edge_id != edge.id:
+            raise PermissionDenied(f"{entity.type} {entity.name!r} is not owned by this edge")
+        if entity.id not in self._created_by_edge and edge.id not in self.effective_edges(entity.id):
+            raise PermissionDenied(f"{entity.type} {entity.name!r} is no longer assigned to this edge")
+
     def apply_uplink(self, edge: Edge, event: pb.Event) -> None:
         """Apply one change an edge sent. Raises a :class:`WinstarError` (the edge sees its message
-        as the event's FAILED reason) for anything outside the edge's rights."""
+        as the event's FAILED reason) for anything outside the edge's rights, and for anything in
+        the event that is not what it should be (a body that does not parse, an id that is not a
+        UUID...): a broken or hostile edge gets its event refused, never a batch broken."""
         if event.type not in self.types:
             raise WinstarError(f"unknown entity type {event.type!r}")
         etype = self.types.get(event.type)
         if not etype.creatable_on_edge:
             raise PermissionDenied(f"entities of type {event.type} cannot be created or changed on an edge")
-        entity_id = parse_uuid(event.entity_id)
-        if entity_id is None:
-            raise WinstarError(f"bad entity id {event.entity_id!r}")
+        entity_id = event_entity_id(event)
         known_absent = self.batch is not None and entity_id in self.batch.absent
         existing = None if known_absent else self.session.get(Entity, entity_id)
         if existing is not None and existing.tenant_id != edge.tenant_id:
@@ -624,31 +710,31 @@ class CloudService:
         if event.action == DELETED:
             if existing is None:
                 return  # already gone: deleting twice has the same effect as once
-            if existing.origin_edge_id != edge.id:
-                raise PermissionDenied(f"{existing.type} {existing.name!r} is not owned by this edge")
+            self._check_edge_rights(edge, existing)
             self.delete_entity(existing)
             return
         if event.action not in (ADDED, UPDATED):
             raise WinstarError(f"unknown uplink action {event.action!r}")
-        state = pb.EntityState.FromString(event.body)
+        state = parse_body(pb.EntityState, event.body)
         if state.id != event.entity_id or state.type != event.type:
             raise WinstarError("the event's body does not describe its entity")
         if state.tenant_id != str(edge.tenant_id):
             raise PermissionDenied("an edge may only create entities in its own tenant")
+        wanted = clean_name(state.name, f"the {event.type}")
+        customer_id = optional_peer_uuid(state.customer_id, "the entity's customer id")
         data = etype.deserialize(state.payload)
         if existing is not None:
-            if existing.origin_edge_id != edge.id:
-                raise PermissionDenied(f"{existing.type} {existing.name!r} is not owned by this edge")
-            name = self.free_name_for(edge, existing.type, state.name, existing.id)
+            self._check_edge_rights(edge, existing)
+            name = self.free_name_for(edge, existing.type, wanted, existing.id)
             self.update_entity(existing, name=name, data=data)
             if self.batch is not None:
-                self.batch.taken[(existing.type, name)] = existing.id
+                self.batch.took(existing.type, name, existing.id)
             return
         if event.action == UPDATED:
-            raise NotFound(f"{event.type} {state.name!r} is unknown to the cloud")
-        name = self.free_name_for(edge, event.type, state.name, entity_id)
+            raise NotFound(f"{event.type} {wanted!r} is unknown to the cloud")
+        name = self.free_name_for(edge, event.type, wanted, entity_id)
         tenant = self.find_tenant(edge.tenant_id)
-        customer = self.session.get(Customer, parse_uuid(state.customer_id)) if state.customer_id else None
+        customer = self.session.get(Customer, customer_id) if customer_id else None
         entity = self.entities.insert(
             type_name=event.type,
             name=name,
@@ -661,9 +747,10 @@ class CloudService:
             checked=True,  # the id is new (looked up above) and free_name_for found the name free
         )
         self._fresh.add(entity.id)
+        self._created_by_edge.add(entity.id)
         if self.batch is not None:
             self.batch.absent.discard(entity.id)
-            self.batch.taken[(entity.type, name)] = entity.id
+            self.batch.took(entity.type, name, entity.id)
         self._no_echo = (edge.id, entity.id)  # the edge has it already...
         try:
             self.platform.hook.winstar_edge_entity_created(

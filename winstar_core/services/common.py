@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from google.protobuf.message import DecodeError, Message
 from sqlalchemy.orm import Session
 
-from winstar_core.entity_types import EntityTypeRegister
+from winstar_core.entity_types import EntityTypeRegister, shown, text_problem
 from winstar_core.errors import Conflict, NotFound, WinstarError
 from winstar_core.store.models import Entity, EntityMember, NodeConfig, Tenant, now_ms
 from winstar_core.transport.pb import sync_pb2 as pb
+
+T = TypeVar("T")
 
 # Event actions
 ADDED = "ADDED"
@@ -30,6 +33,11 @@ SYNC_EVENT_TYPE = "_sync"
 SYNC_IDS_PER_EVENT = 100_000
 
 AUTHORITIES = ("TENANT_ADMIN", "CUSTOMER_USER")
+EDITIONS = ("ce", "pe")
+
+#: values per ``IN (...)`` of one statement: a peer's batch may name 80,000 entities, and
+#: PostgreSQL takes at most 65,535 parameters per statement
+IN_CHUNK = 500
 
 #: a link whose process has not touched its heartbeat for this long is shown as disconnected
 #: (the process was killed without a chance to say so); heartbeats come every 5 s
@@ -43,6 +51,51 @@ def parse_uuid(ref: str | uuid.UUID) -> uuid.UUID | None:
         return uuid.UUID(str(ref))
     except ValueError:
         return None
+
+
+def chunks(values: Iterable[T]) -> Iterator[list[T]]:
+    """``values`` in lists of at most :data:`IN_CHUNK`, one per statement."""
+    values = list(values)
+    for i in range(0, len(values), IN_CHUNK):
+        yield values[i : i + IN_CHUNK]
+
+
+# -- what a peer sends: every way it can be wrong is a WinstarError with a one-line reason ---------
+
+M = TypeVar("M", bound=Message)
+
+
+def parse_body(kind: type[M], body: bytes) -> M:
+    """An event's ``body`` read as the protobuf message ``kind``. A peer's garbage is refused
+    with the message's name, not a DecodeError."""
+    try:
+        return kind.FromString(body)
+    except (DecodeError, ValueError, TypeError, RecursionError) as exc:
+        detail = str(exc).rsplit(": ", 1)[-1].strip() or type(exc).__name__
+        raise WinstarError(
+            f"the event's body is not a valid {kind.DESCRIPTOR.name} ({' '.join(detail.split())})"
+        ) from None
+
+
+def peer_uuid(raw: str, what: str) -> uuid.UUID:
+    """``raw``, an id a peer sent, as a UUID; an empty or malformed one is refused, naming
+    ``what`` it was ("the membership's container id")."""
+    uid = parse_uuid(raw) if raw else None
+    if uid is None:
+        raise WinstarError(f"{what} {shown(raw)} is not a UUID" if raw else f"{what} is empty")
+    return uid
+
+
+def optional_peer_uuid(raw: str, what: str) -> uuid.UUID | None:
+    """As :func:`peer_uuid`, the empty string meaning "none" (a customer id, say)."""
+    return peer_uuid(raw, what) if raw else None
+
+
+def event_entity_id(event: pb.Event) -> uuid.UUID:
+    """The id of the entity an event is about."""
+    if not event.entity_id:
+        raise WinstarError("the event names no entity")
+    return peer_uuid(event.entity_id, "the event's entity id")
 
 
 def iso(ms: int | None) -> str | None:
@@ -116,19 +169,25 @@ def event_json(ev: Any) -> dict[str, Any]:
 MAX_NAME = 255
 
 
+def name_problem(name: str, what: str) -> str | None:
+    """Why ``name`` cannot be stored as ``what``'s name ("a tenant"), in one line; None if it can."""
+    if not name:
+        return f"{what} needs a non-empty name"
+    if "\x00" in name:
+        return f"{what}'s name may not contain the NUL character"
+    if text_problem(name):
+        return f"{what}'s name is not valid UTF-8 text: {shown(name)}"
+    if len(name) > MAX_NAME:
+        return f"{what}'s name may be at most {MAX_NAME} characters, this one has {len(name)}"
+    return None
+
+
 def clean_name(raw: str, what: str) -> str:
     """``raw`` stripped, refused when empty or longer than :data:`MAX_NAME` (``what``: "a tenant")."""
     name = raw.strip()
-    if not name:
-        raise WinstarError(f"{what} needs a non-empty name")
-    if "\x00" in name:
-        raise WinstarError(f"{what}'s name may not contain the NUL character")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise WinstarError(f"{what}'s name is not valid UTF-8 text: {name!r}") from None
-    if len(name) > MAX_NAME:
-        raise WinstarError(f"{what}'s name may be at most {MAX_NAME} characters, this one has {len(name)}")
+    why = name_problem(name, what)
+    if why:
+        raise WinstarError(why)
     return name
 
 
@@ -167,6 +226,10 @@ def parse_json_data(raw: str | None) -> dict[str, Any] | None:
         raise WinstarError(
             f"--data is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})"
         ) from None
+    except RecursionError:
+        raise WinstarError("--data nests too deeply to read") from None
+    except ValueError as exc:  # an integer of thousands of digits, say
+        raise WinstarError(f"--data cannot be read: {' '.join(str(exc).split())}") from None
     if not isinstance(value, dict):
         raise WinstarError("--data must be a JSON object")
     return value
@@ -175,7 +238,11 @@ def parse_json_data(raw: str | None) -> dict[str, Any] | None:
 class BatchCache:
     """What a receiver learned about a batch before applying it, so that the common case costs no
     statement per event. Only ever used to skip a look-up whose answer is known; a stale entry
-    costs a real query, never a wrong answer (and the database's constraints back it up)."""
+    costs a real query, never a wrong answer (and the database's constraints back it up).
+
+    Built from a peer's events, so it must never fail on them: an event it cannot make sense of
+    (a body that is not an EntityState, an id that is not a UUID, a name no row can hold) is left
+    out here, and refused with its reason when the receiver applies it."""
 
     def __init__(self) -> None:
         self.absent: set[uuid.UUID] = set()  # ids known not to exist when the batch began
@@ -183,39 +250,95 @@ class BatchCache:
         #: weak references) answers the apply's own look-ups without a statement
         self.loaded: dict[uuid.UUID, Any] = {}
         self.taken: dict[tuple[str, str], uuid.UUID] = {}  # (type, name) -> id holding it
+        #: the (type, name) pairs whose holder is known: in ``taken``, or free when the batch began
+        self.names: set[tuple[str, str]] = set()
+        #: cloud: for the batch's edge's own entities in ``loaded``, the edges each is effectively
+        #: assigned to (an entry is dropped when the transaction changes its assignments)
+        self.edges_of: dict[uuid.UUID, set[uuid.UUID]] = {}
+        #: edge: for the entities the batch removes, the first PENDING uplink seq of each (an
+        #: entity of ``unacked_known`` missing here had none when the batch began)
+        self.unacked: dict[uuid.UUID, int] = {}
+        self.unacked_known: set[uuid.UUID] = set()
 
     @classmethod
     def for_events(
-        cls, session: Session, types: EntityTypeRegister, tenant_id: uuid.UUID | None, events: list[Any]
+        cls,
+        session: Session,
+        types: EntityTypeRegister,
+        tenant_id: uuid.UUID | None,
+        events: list[Any],
+        also: Iterable[uuid.UUID] = (),
     ) -> BatchCache:
-        """The cache for a batch: the entities its ADDED/UPDATED events name, and who holds their names."""
-        states = [
-            pb.EntityState.FromString(e.body)
-            for e in events
-            if e.action in (ADDED, UPDATED) and e.type in types
-        ]
+        """The cache for a batch: the entities its ADDED/UPDATED events name (and the ids
+        ``also``), and who holds their names."""
+        states = readable_states(types, events)
         cache = cls()
-        cache.load(session, tenant_id, states)
+        ids = {uuid.UUID(s.id) for s in states} | set(also)
+        names: dict[str, set[str]] = {}
+        for s in states:
+            names.setdefault(s.type, set()).add(s.name)
+        cache.load(session, tenant_id, ids, names)
         return cache
 
-    def load(self, session: Session, tenant_id: uuid.UUID | None, states: list[pb.EntityState]) -> None:
-        ids = {uuid.UUID(s.id) for s in states}
-        self.loaded = EntityStore(session, None).by_ids(ids)  # type: ignore[arg-type]
+    def load(
+        self,
+        session: Session,
+        tenant_id: uuid.UUID | None,
+        ids: set[uuid.UUID],
+        names: dict[str, set[str]],
+    ) -> None:
+        """Load the entities ``ids`` and the holders of ``names`` (by type), a chunk of
+        :data:`IN_CHUNK` values per statement."""
+        for chunk in chunks(ids):  # a batch's session is new: nothing to find in its identity map
+            self.loaded.update(
+                {e.id: e for e in session.scalars(sa.select(Entity).where(Entity.id.in_(chunk)))}
+            )
         self.absent = ids - set(self.loaded)
-        by_type: dict[str, set[str]] = {}
-        for s in states:
-            by_type.setdefault(s.type, set()).add(s.name)
-        for type_name, names in by_type.items():
-            stmt = sa.select(Entity.name, Entity.id).where(Entity.type == type_name, Entity.name.in_(names))
-            if tenant_id is not None:
-                stmt = stmt.where(Entity.tenant_id == tenant_id)
-            for name, eid in session.execute(stmt):
-                self.taken[(type_name, name)] = eid
+        for type_name, wanted in names.items():
+            for some in chunks(sorted(wanted)):
+                stmt = sa.select(Entity.name, Entity.id).where(
+                    Entity.type == type_name, Entity.name.in_(some)
+                )
+                if tenant_id is not None:
+                    stmt = stmt.where(Entity.tenant_id == tenant_id)
+                for name, eid in session.execute(stmt):
+                    self.taken[(type_name, name)] = eid
+            self.names.update((type_name, n) for n in wanted)
+
+    def name_known(self, type_name: str, name: str) -> bool:
+        """Whether :meth:`name_holder` knows who holds this name (a name no event of the batch
+        carried was never looked up: ask the database)."""
+        return (type_name, name) in self.names
 
     def name_holder(self, type_name: str, name: str) -> uuid.UUID | None:
         """The id holding a name at the start of the batch (kept up to date by the receiver's own
-        inserts and renames), None if it was free."""
+        inserts and renames), None if it was free. Only for a :meth:`name_known` name."""
         return self.taken.get((type_name, name))
+
+    def took(self, type_name: str, name: str, entity_id: uuid.UUID) -> None:
+        """The receiver gave ``name`` to ``entity_id`` in this batch."""
+        self.taken[(type_name, name)] = entity_id
+        self.names.add((type_name, name))
+
+
+def readable_states(types: EntityTypeRegister, events: Iterable[Any]) -> list[pb.EntityState]:
+    """The EntityState bodies of the ADDED/UPDATED events of ``events`` that are fit to look up:
+    of a known type (the event's own), with a UUID for id and a name a row could hold. The others
+    are skipped: their apply refuses them, one by one, with the reason."""
+    out: list[pb.EntityState] = []
+    for e in events:
+        if e.action not in (ADDED, UPDATED) or e.type not in types:
+            continue
+        try:
+            state = pb.EntityState.FromString(e.body)
+        except (DecodeError, ValueError, TypeError, RecursionError):
+            continue
+        if state.type != e.type or not state.id or parse_uuid(state.id) is None:
+            continue
+        if name_problem(state.name, "") is not None:
+            continue
+        out.append(state)
+    return out
 
 
 class EntityStore:
@@ -351,7 +474,6 @@ class EntityStore:
             found = {i: self.session.get(Entity, i) for i in ids}
             return {i: e for i, e in found.items() if e is not None}
         out: dict[uuid.UUID, Entity] = {}
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
+        for chunk in chunks(ids):
             out.update({e.id: e for e in self.session.scalars(sa.select(Entity).where(Entity.id.in_(chunk)))})
         return out

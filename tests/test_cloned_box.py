@@ -368,17 +368,6 @@ def test_the_same_box_restarted_is_served_and_two_processes_on_one_database_lose
         assert "Traceback" not in log and "FAILED_PRECONDITION" not in log, log[-3000:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "product bug: the full sync of a moved box is queued (with its SyncEnd list of entity ids) "
-        "in EdgeSession._on_connect before the box's own pending uplinks are applied; the edge's "
-        "apply_sync_end spares only entities with PENDING uplinks, so when the uplinks are "
-        "acknowledged before the SyncEnd arrives (a sync of more than a few batches), the box "
-        "deletes its own devices, which the cloud holds and counts as on the edge"
-    ),
-)
 def test_the_moved_box_keeps_its_own_devices_when_its_sync_is_slower_than_their_ack(world):
     """The sync of a moved box takes some round trips (many entities; here: batches of one), its
     own uplinks one: B's devices are applied and acknowledged first, then B applies the SyncEnd."""

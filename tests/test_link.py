@@ -339,6 +339,44 @@ def test_a_cloud_restored_from_a_backup_does_not_reuse_seqs_the_edge_applied(
     box.close()
 
 
+def test_a_sync_slower_than_the_ack_of_the_edges_own_devices_keeps_them(
+    cloud_node, tmp_path, platform, link_runner
+):
+    """The Sync Edge's list is written before the edge's offline devices are applied; their acks
+    come back in one round trip, the sync in many (batches of one here). The edge keeps them."""
+    with cloud_node.cloud() as c:
+        t = c.create_tenant("Acme")
+        c.create_user("admin@acme.io", t, "TENANT_ADMIN")
+        edge, secret = c.create_edge("e", t)
+        for i in range(20):
+            c.assign(edge, c.create_entity("asset", f"a{i}", t))
+    server = link_runner.start_cloud(cloud_node, 0, batch_size=1, max_in_flight=1)
+    box = Node(f"sqlite:///{tmp_path / 'box.db'}", platform=platform)
+    box.init_edge(f"127.0.0.1:{server.port}", edge.routing_key, secret)
+    h = link_runner.start_edge(box)
+    wait_until(lambda: _pending(cloud_node) == 0, what="the first drain")
+    link_runner.stop_edge(h)
+    with box.edge() as e:  # offline
+        mine = {e.create_entity("device", f"d{i}", None, user_email="admin@acme.io").id for i in range(5)}
+    with cloud_node.cloud() as c:
+        c.request_sync(c.find_edge("e"))
+    h = link_runner.start_edge(box)
+
+    def synced():
+        with box.db.read() as conn:
+            done = conn.scalar(sa.text("SELECT value FROM node_config WHERE key = 'last_sync'"))
+            unsent = conn.scalar(sa.text("SELECT count(*) FROM cloud_event WHERE status = 'PENDING'"))
+        return done is not None and unsent == 0 and _pending(cloud_node) == 0
+
+    wait_until(synced, what="the sync applied and the devices acknowledged")
+    with box.db.read() as conn:
+        held = set(conn.scalars(sa.select(Entity.id).where(Entity.type == "device")))
+    assert held == mine
+    link_runner.stop_edge(h)
+    link_runner.stop_cloud(server, 0.2)
+    box.close()
+
+
 def test_a_new_database_for_an_edge_is_refused_until_an_operator_moves_the_edge(
     cloud_node, tmp_path, platform, link_runner
 ):

@@ -57,6 +57,7 @@ from winstar_core.store.models import (
     Entity,
     EntityMember,
     Role,
+    StreamMark,
     Tenant,
     User,
     UserRole,
@@ -69,6 +70,8 @@ from winstar_core.store.outbox import (
     ensure_stream,
     notify_senders,
     retry_failed,
+    uplink_mark_stream,
+    uplink_mark_stream_for,
 )
 from winstar_core.transport.pb import sync_pb2 as pb
 
@@ -768,11 +771,25 @@ class CloudService:
     # Sync Edge
     # ---------------------------------------------------------------------------------------------
 
+    def _uplink_mark(self, edge: Edge) -> int:
+        """How far the cloud applied the uplinks of the box it serves as ``edge``."""
+        stream = (
+            uplink_mark_stream_for(edge.id, edge.instance_id)
+            if edge.instance_id
+            else uplink_mark_stream(edge.id)
+        )
+        return int(
+            self.session.scalar(sa.select(StreamMark.applied_seq).where(StreamMark.stream == stream)) or 0
+        )
+
     def run_sync(self, edge: Edge) -> int:
         """Queue the edge's whole state: its users, every effective entity (dependencies first),
         container memberships, then a ``_sync`` event naming every entity the edge should hold, so
         that it removes the rest. Returns the number of events queued."""
         before = sum(len(v) for v in self.outbox.downlinks.values())
+        # read before the entities: what the cloud applied up to here is in the list below, and the
+        # edge keeps what it sent after (its ack may reach the edge before this sync does)
+        uplink_mark = self._uplink_mark(edge)
         for user in self.tenant_users(edge.tenant_id):
             body = self.user_info(user).SerializeToString()
             self.outbox.downlink(
@@ -792,7 +809,9 @@ class CloudService:
         parts = [ids[i : i + per] for i in range(0, len(ids), per)] or [[]]
         sync_id = str(uuid.uuid4()) if len(parts) > 1 else ""
         for n, part in enumerate(parts):
-            end = pb.SyncEnd(entity_ids=part, sync_id=sync_id, part=n, parts=len(parts)).SerializeToString()
+            end = pb.SyncEnd(
+                entity_ids=part, sync_id=sync_id, part=n, parts=len(parts), uplink_mark=uplink_mark
+            ).SerializeToString()
             self.outbox.downlink(edge.id, OutboxEvent(edge.tenant_id, SYNC_EVENT_TYPE, "SYNC", None, end))
         edge.sync_requested = False
         edge.last_sync = now_ms()

@@ -557,10 +557,13 @@ class EdgeService:
                 )
             ids = [uuid.UUID(i) for n in range(end.parts - 1) for i in rows[f"{prefix}{n}"]] + ids
         keep = set(ids)
+        # what this edge sent up that the list cannot name: still pending, or applied by the cloud
+        # after it wrote the sync (the ack may have come back before the sync did)
         unacked = set(
             self.session.scalars(
                 sa.select(CloudEvent.entity_id).where(
-                    CloudEvent.status == PENDING, CloudEvent.entity_id.is_not(None)
+                    sa.or_(CloudEvent.status == PENDING, CloudEvent.seq > end.uplink_mark),
+                    CloudEvent.entity_id.is_not(None),
                 )
             )
         )

@@ -24,7 +24,9 @@ from sqlalchemy.orm import Session
 
 from winstar_core.services.common import iso
 from winstar_core.store.models import Edge, EdgeEvent, StreamFailure, StreamMark, now_ms
-from winstar_core.store.outbox import uplink_mark_stream
+from winstar_core.store.outbox import uplink_mark_stream, uplink_mark_stream_for
+
+__all__ = ["Admission", "admit_instance", "reset_instance", "uplink_mark_stream_for"]
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,6 @@ class Admission:
     adopted: bool = False
     #: the edge moved to a new box (an operator's reset): the caller must queue a full sync
     full_sync: bool = False
-
-
-def uplink_mark_stream_for(edge_id: uuid.UUID | str, instance_id: str) -> str:
-    """The cloud's mark of one edge instance's uplink stream: two copies of an edge database
-    number their uplinks from the same counter, so each instance has its own mark. 16 hex digits
-    of the instance keep the name within ``stream_mark.stream`` (64 characters)."""
-    return f"uplink:{edge_id}:{uuid.UUID(instance_id).hex[:16]}"
 
 
 def admit_instance(session: Session, edge: Edge, instance_id: str, peer: str) -> Admission:

@@ -33,6 +33,13 @@ def uplink_mark_stream(edge_id: uuid.UUID) -> str:
     return f"uplink:{edge_id}"
 
 
+def uplink_mark_stream_for(edge_id: uuid.UUID | str, instance_id: str) -> str:
+    """The cloud's mark of one edge instance's uplink stream: two copies of an edge database
+    number their uplinks from the same counter, so each instance has its own mark. 16 hex digits
+    of the instance keep the name within ``stream_mark.stream`` (64 characters)."""
+    return f"uplink:{edge_id}:{uuid.UUID(instance_id).hex[:16]}"
+
+
 DOWNLINK_MARK_STREAM = "downlink"  # edge side: how far the edge applied the cloud's stream
 
 

@@ -166,7 +166,7 @@ class EdgeClient:
             try:
                 await self._session(stop)
             except grpc.aio.AioRpcError as exc:
-                error = f"{exc.code().name}: {exc.details()}"
+                error = f"{exc.code().name}: {clean_text(exc.details() or '', 1000)}"
                 if exc.code() not in RETRYABLE:
                     cap = BACKOFF_CAP_REFUSED_S
                 if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:

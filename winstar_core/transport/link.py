@@ -497,12 +497,15 @@ class Receiver:
         )
         return pb.BatchAck(results=results, applied_seq=ack.applied_seq), touched
 
-    def _prepare(self, service: Any, fresh: list[pb.Event]) -> None:
+    def _prepare(self, session: Session, service: Any, fresh: list[pb.Event]) -> None:
         """Batch look-ups are an optimization: if the peer's garbage trips them, go without."""
         if self.prepare is None or not fresh:
             return
         try:
-            self.prepare(service, fresh)
+            # in a savepoint: on PostgreSQL a failed statement would otherwise abort the whole
+            # transaction, and every event after it would fail for that
+            with session.begin_nested():
+                self.prepare(service, fresh)
         except Exception as exc:
             if is_infrastructure(exc, self.db):
                 raise
@@ -521,7 +524,7 @@ class Receiver:
             mark = row.applied_seq
             fresh = [e for e in events if e.seq > mark]
             if not savepoints:
-                self._prepare(service, fresh)
+                self._prepare(session, service, fresh)
             dups = [e.seq for e in events if e.seq <= mark]
             old_failures: dict[int, str] = {}
             for i in range(0, len(dups), 500):

@@ -36,6 +36,10 @@ class LogSummary:
             self._last[kind] = now
             if len(self._last) > 10_000:  # kinds are per stream or address: keep the map bounded
                 self._last = {k: v for k, v in self._last.items() if now - v < self.every}
-        more = f" (and {skipped:,} more like it in the last {now - last:,.0f}s)" if skipped and last is not None else ""
+        more = (
+            f" (and {skipped:,} more like it in the last {now - last:,.0f}s)"
+            if skipped and last is not None
+            else ""
+        )
         self.logger.warning("%s%s", message, more)
         return True

@@ -209,6 +209,13 @@ class CloudEvent(Base):
             postgresql_where=sa.text("status = 'PENDING'"),
             sqlite_where=sa.text("status = 'PENDING'"),
         ),
+        # the unsent changes of one entity (a removal of it is refused while there are some)
+        sa.Index(
+            "ix_cloud_event_pending_entity",
+            "entity_id",
+            postgresql_where=sa.text("status = 'PENDING'"),
+            sqlite_where=sa.text("status = 'PENDING'"),
+        ),
     )
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
     seq: Mapped[int] = mapped_column(sa.BigInteger, unique=True)

@@ -2,6 +2,8 @@
 
 A copied edge database connects with the same credentials as the original; these columns let the
 cloud serve one of them and refuse the other clearly (see ``winstar_core/services/instances.py``).
+An edge finds the pending uplinks of an entity by an index (a downlink that removes an entity with
+unsent changes is refused, and a Sync Edge keeps it).
 
 Revision ID: 0002
 Revises: 0001
@@ -28,9 +30,17 @@ def upgrade() -> None:
         )
         batch_op.add_column(sa.Column("instance_since", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("conflict", sa.Text(), nullable=True))
+    op.create_index(
+        "ix_cloud_event_pending_entity",
+        "cloud_event",
+        ["entity_id"],
+        postgresql_where=sa.text("status = 'PENDING'"),
+        sqlite_where=sa.text("status = 'PENDING'"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_cloud_event_pending_entity", table_name="cloud_event")
     with op.batch_alter_table("edge", schema=None) as batch_op:
         batch_op.drop_column("conflict")
         batch_op.drop_column("instance_since")

@@ -153,8 +153,16 @@ class EdgeService:
         tenant_name = (
             clean_name(config.tenant_name, "the edge's tenant") if config.tenant_name.strip() else ""
         )
+        held = self.tenant_id
+        if held is not None and held != tenant_id:  # tenants never mix, whatever a cloud says
+            raise WinstarError(
+                f"the edge configuration names tenant {tenant_id}, and this edge holds tenant {held}'s"
+                " entities: a database serves one tenant"
+            )
         if self.session.get(Tenant, tenant_id) is None:
-            self.session.add(Tenant(id=tenant_id, name=tenant_name or str(tenant_id), created_time=now_ms()))
+            taken = self.session.scalars(sa.select(Tenant.id).where(Tenant.name == tenant_name)).first()
+            name = tenant_name if tenant_name and taken is None else str(tenant_id)
+            self.session.add(Tenant(id=tenant_id, name=name, created_time=now_ms()))
         for key, value in (
             ("edge_id", str(edge_id)),
             ("edge_name", edge_name),

@@ -44,6 +44,8 @@ from winstar_core.transport.link import (
     check_batch,
     clean_text,
     decode,
+    is_infrastructure,
+    reason,
 )
 from winstar_core.transport.pb import sync_pb2 as pb
 from winstar_core.transport.welcome import PROTOCOL_VERSION
@@ -231,6 +233,10 @@ class EdgeClient:
                 edge.apply_config(welcome.edge, welcome.users)
             except WinstarError as exc:
                 raise ProtocolViolation(f"the Welcome's edge configuration: {exc}") from None
+            except Exception as exc:
+                if is_infrastructure(exc, self.node.db):
+                    raise
+                raise ProtocolViolation(f"the Welcome's edge configuration: {reason(exc)}") from None
             self._catch_up(edge, welcome.applied_uplink_seq)
             set_config(edge.session, "connected", True)
             set_config(edge.session, "last_error", None)
@@ -281,11 +287,21 @@ class EdgeClient:
         secret = await asyncio.to_thread(read_secret, self.secret_file)
         call = connect(metadata=((METADATA_ROUTING_KEY, self.routing_key), (METADATA_SECRET, secret)))
         await call.write(pb.EdgeMessage(hello=hello))
+        reading = asyncio.ensure_future(call.read())
+        stopping = asyncio.ensure_future(stop.wait())
         try:
-            raw = await asyncio.wait_for(call.read(), timeout=WELCOME_TIMEOUT_S)
-        except TimeoutError:
+            await asyncio.wait(
+                {reading, stopping}, timeout=WELCOME_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopping.cancel()
+        if not reading.done():  # stopped, or no answer in time: a cloud that holds the call open
+            reading.cancel()
             call.cancel()
-            raise CloudError("the cloud did not answer the hello in time") from None
+            if stop.is_set():
+                return
+            raise CloudError("the cloud did not answer the hello in time")
+        raw = reading.result()
         if raw is grpc.aio.EOF:
             raise await _closed(call)
         try:
@@ -386,10 +402,14 @@ class EdgeClient:
 
     @staticmethod
     async def _tell(call: Any, exc: ProtocolViolation) -> None:
-        """Tell the cloud why this edge ends the session (best effort: the link may be gone)."""
+        """Tell the cloud why this edge ends the session, and give it a moment to read it before
+        the call is cancelled (a cancel would overtake the message). Best effort: the link may
+        be gone."""
         with suppress(Exception):
             msg = pb.EdgeMessage(error=pb.Error(code="INVALID_ARGUMENT", reason=clean_text(str(exc), 500)))
             await asyncio.wait_for(call.write(msg), timeout=1.0)
+            await asyncio.wait_for(call.done_writing(), timeout=1.0)
+            await asyncio.wait_for(call.code(), timeout=1.0)  # the cloud ends the call on reading it
 
     def wake(self) -> None:
         if self._sender is not None:

@@ -251,6 +251,32 @@ def test_a_sync_with_a_part_missing_removes_nothing(linked):
     assert "kept" in _edge_names(linked.edge)
 
 
+def _acme_edge(cloud_node, assets=("a1",)):
+    """Tenant Acme with user admin@acme.io and edge "e", the ``assets`` assigned to it."""
+    with cloud_node.cloud() as c:
+        t = c.create_tenant("Acme")
+        c.create_user("admin@acme.io", t, "TENANT_ADMIN")
+        edge, secret = c.create_edge("e", t)
+        for name in assets:
+            c.assign(edge, c.create_entity("asset", name, t))
+    return edge, secret
+
+
+def _box(tmp_path, name, platform, server, edge, secret):
+    """An edge database (a box) for ``edge``, pointed at ``server``."""
+    box = Node(f"sqlite:///{tmp_path / name}", platform=platform)
+    box.init_edge(f"127.0.0.1:{server.port}", edge.routing_key, secret)
+    return box
+
+
+def _drain_once(link_runner, box, cloud_node, name):
+    """Connect ``box`` until it holds ``name`` and the cloud has nothing pending, then stop it."""
+    h = link_runner.start_edge(box)
+    wait_until(lambda: name in _edge_names(box), what=f"{name} on the box")
+    wait_until(lambda: _pending(cloud_node) == 0, what="every downlink acknowledged")
+    link_runner.stop_edge(h)
+
+
 def _copy_sqlite(src: Node, dest_path):
     """A consistent copy of an SQLite database (its WAL included), as a backup tool makes one."""
     import sqlite3
@@ -265,24 +291,14 @@ def _copy_sqlite(src: Node, dest_path):
 def test_edge_restored_from_its_own_backup_is_resynced_automatically(
     cloud_node, tmp_path, platform, link_runner
 ):
-    with cloud_node.cloud() as c:
-        t = c.create_tenant("Acme")
-        edge, secret = c.create_edge("e", t)
-        c.assign(edge, c.create_entity("asset", "a1", t))
+    edge, secret = _acme_edge(cloud_node)
     server = link_runner.start_cloud(cloud_node, 0)
-    box = Node(f"sqlite:///{tmp_path / 'box.db'}", platform=platform)
-    box.init_edge(f"127.0.0.1:{server.port}", edge.routing_key, secret)
-    h = link_runner.start_edge(box)
-    wait_until(lambda: "a1" in _edge_names(box))
-    wait_until(lambda: _pending(cloud_node) == 0, what="the ack of a1")
-    link_runner.stop_edge(h)
+    box = _box(tmp_path, "box.db", platform, server, edge, secret)
+    _drain_once(link_runner, box, cloud_node, "a1")
     _copy_sqlite(box, tmp_path / "backup.db")  # last night's backup
     with cloud_node.cloud() as c:
         c.assign(c.find_edge("e"), c.create_entity("asset", "a2", c.find_tenant("Acme")))
-    h = link_runner.start_edge(box)
-    wait_until(lambda: "a2" in _edge_names(box))
-    wait_until(lambda: _pending(cloud_node) == 0, what="the ack of a2")
-    link_runner.stop_edge(h)
+    _drain_once(link_runner, box, cloud_node, "a2")
     box.close()
     # the disk is restored from the backup, at the same place: the same box, older marks
     (tmp_path / "box.db").unlink()
@@ -304,17 +320,10 @@ def test_a_cloud_restored_from_a_backup_does_not_reuse_seqs_the_edge_applied(
     from winstar_core.store.models import StreamCounter
     from winstar_core.store.outbox import downlink_stream
 
-    with cloud_node.cloud() as c:
-        t = c.create_tenant("Acme")
-        edge, secret = c.create_edge("e", t)
-        for name in ("a1", "a2", "a3"):
-            c.assign(edge, c.create_entity("asset", name, t))
+    edge, secret = _acme_edge(cloud_node, ("a1", "a2", "a3"))
     server = link_runner.start_cloud(cloud_node, 0)
-    box = Node(f"sqlite:///{tmp_path / 'box.db'}", platform=platform)
-    box.init_edge(f"127.0.0.1:{server.port}", edge.routing_key, secret)
-    h = link_runner.start_edge(box)
-    wait_until(lambda: _pending(cloud_node) == 0 and "a3" in _edge_names(box), what="the first drain")
-    link_runner.stop_edge(h)
+    box = _box(tmp_path, "box.db", platform, server, edge, secret)
+    _drain_once(link_runner, box, cloud_node, "a3")
     # the cloud's database goes back to a backup taken before its downlinks to the edge were written
     with cloud_node.db.begin() as s:
         s.execute(sa.delete(EdgeEvent).where(EdgeEvent.edge_id == edge.id))
@@ -344,18 +353,10 @@ def test_a_sync_slower_than_the_ack_of_the_edges_own_devices_keeps_them(
 ):
     """The Sync Edge's list is written before the edge's offline devices are applied; their acks
     come back in one round trip, the sync in many (batches of one here). The edge keeps them."""
-    with cloud_node.cloud() as c:
-        t = c.create_tenant("Acme")
-        c.create_user("admin@acme.io", t, "TENANT_ADMIN")
-        edge, secret = c.create_edge("e", t)
-        for i in range(20):
-            c.assign(edge, c.create_entity("asset", f"a{i}", t))
+    edge, secret = _acme_edge(cloud_node, [f"a{i}" for i in range(20)])
     server = link_runner.start_cloud(cloud_node, 0, batch_size=1, max_in_flight=1)
-    box = Node(f"sqlite:///{tmp_path / 'box.db'}", platform=platform)
-    box.init_edge(f"127.0.0.1:{server.port}", edge.routing_key, secret)
-    h = link_runner.start_edge(box)
-    wait_until(lambda: _pending(cloud_node) == 0, what="the first drain")
-    link_runner.stop_edge(h)
+    box = _box(tmp_path, "box.db", platform, server, edge, secret)
+    _drain_once(link_runner, box, cloud_node, "a19")
     with box.edge() as e:  # offline
         mine = {e.create_entity("device", f"d{i}", None, user_email="admin@acme.io").id for i in range(5)}
     with cloud_node.cloud() as c:
@@ -382,20 +383,12 @@ def test_a_new_database_for_an_edge_is_refused_until_an_operator_moves_the_edge(
 ):
     from winstar_core.services.instances import reset_instance
 
-    with cloud_node.cloud() as c:
-        t = c.create_tenant("Acme")
-        edge, secret = c.create_edge("e", t)
-        c.assign(edge, c.create_entity("asset", "a1", t))
+    edge, secret = _acme_edge(cloud_node)
     server = link_runner.start_cloud(cloud_node, 0)
-    first = Node(f"sqlite:///{tmp_path / 'first.db'}", platform=platform)
-    first.init_edge(f"127.0.0.1:{server.port}", edge.routing_key, secret)
-    h = link_runner.start_edge(first)
-    wait_until(lambda: "a1" in _edge_names(first))
-    wait_until(lambda: _pending(cloud_node) == 0, what="the ack of a1")
-    link_runner.stop_edge(h)
+    first = _box(tmp_path, "first.db", platform, server, edge, secret)
+    _drain_once(link_runner, first, cloud_node, "a1")
     # a new disk: same credentials, empty database, another instance
-    fresh = Node(f"sqlite:///{tmp_path / 'fresh.db'}", platform=platform)
-    fresh.init_edge(f"127.0.0.1:{server.port}", edge.routing_key, secret)
+    fresh = _box(tmp_path, "fresh.db", platform, server, edge, secret)
     h2 = link_runner.start_edge(fresh)
 
     def refused():

@@ -763,13 +763,6 @@ def test_welcome_naming_another_tenant_is_a_protocol_error(box):
 # -- a product bug found, kept as a failing test ------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="EdgeClient._tell waits up to 1 s for call.code() after its Error, but gRPC gives a "
-    "call's status only once the client has read every message the cloud sent: when the cloud "
-    "sent anything after the offending message (a cloud pipelines its downlink batches), the "
-    "edge always waits the full second before it ends the session and reconnects",
-)
 def test_a_protocol_error_with_more_messages_behind_it_ends_the_session_at_once(box):
     box.start()
     s = box.connect()

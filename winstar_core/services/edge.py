@@ -54,6 +54,7 @@ from winstar_core.store.models import (
     now_ms,
 )
 from winstar_core.store.outbox import Outbox, OutboxEvent, retry_failed
+from winstar_core.transport.limits import MAX_SEQ
 from winstar_core.transport.pb import sync_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -123,11 +124,19 @@ class EdgeService:
 
     @property
     def edge_id(self) -> uuid.UUID | None:
-        return parse_uuid(self.config("edge_id"))
+        return self._config_uuid("edge_id")
 
     @property
     def tenant_id(self) -> uuid.UUID | None:
-        return parse_uuid(self.config("tenant_id"))
+        return self._config_uuid("tenant_id")
+
+    def _config_uuid(self, key: str) -> uuid.UUID | None:
+        """A configured id, parsed once per transaction (every upsert asks for it)."""
+        parsed = f"{key}:uuid"
+        if parsed not in self._config:
+            self._config[parsed] = parse_uuid(self.config(key))
+        value: uuid.UUID | None = self._config[parsed]
+        return value
 
     @property
     def edition(self) -> str | None:
@@ -570,7 +579,7 @@ class EdgeService:
         unacked = set(
             self.session.scalars(
                 sa.select(CloudEvent.entity_id).where(
-                    sa.or_(CloudEvent.status == PENDING, CloudEvent.seq > end.uplink_mark),
+                    sa.or_(CloudEvent.status == PENDING, CloudEvent.seq > min(end.uplink_mark, MAX_SEQ)),
                     CloudEvent.entity_id.is_not(None),
                 )
             )

@@ -395,7 +395,7 @@ class EdgeClient:
         for task in done:
             if task.get_name() == "stop":
                 return
-            failure = task.exception()
+            failure = None if task.cancelled() else task.exception()
             if failure is not None:
                 raise failure
         raise CloudError("the cloud closed the link")
@@ -409,7 +409,14 @@ class EdgeClient:
             msg = pb.EdgeMessage(error=pb.Error(code="INVALID_ARGUMENT", reason=clean_text(str(exc), 500)))
             await asyncio.wait_for(call.write(msg), timeout=1.0)
             await asyncio.wait_for(call.done_writing(), timeout=1.0)
-            await asyncio.wait_for(call.code(), timeout=1.0)  # the cloud ends the call on reading it
+            await asyncio.wait_for(EdgeClient._until_ended(call), timeout=1.0)
+
+    @staticmethod
+    async def _until_ended(call: Any) -> None:
+        """Read (and drop) what the cloud still sends until it ends the call: gRPC reports a
+        call's end only once every message before it was read."""
+        while await call.read() is not grpc.aio.EOF:
+            pass
 
     def wake(self) -> None:
         if self._sender is not None:

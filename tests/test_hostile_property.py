@@ -116,7 +116,7 @@ def _version(h, entity_id: str) -> int | None:
 
 
 @settings(
-    max_examples=250,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,
@@ -180,6 +180,4 @@ def test_whatever_an_edge_sends_acknowledged_means_applied_once(hostile, data): 
                     assert _exists(h, item["id"]) == 1
     finally:
         call.close()
-    h.examples = getattr(h, "examples", 0) + 1
-    if h.examples % 50 == 0:
-        assert_still_served(h)
+    assert_still_served(h)

@@ -71,6 +71,7 @@ def test_forty_fifteen_megabyte_hellos_before_authentication_cost_the_cloud_no_m
             grpc.StatusCode.RESOURCE_EXHAUSTED,
         }, outcomes
         after = _rss_mb(proc.p.pid)
+        print(f"cloud RSS: {before:.0f} MB before, {peak[0]:.0f} MB at most, {after:.0f} MB after")
         # 40 x 15 MB = 600 MB were offered; the cloud read none of it
         assert peak[0] - before < 150, (before, peak[0], after)
         assert proc.alive()

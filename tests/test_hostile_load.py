@@ -102,9 +102,26 @@ def test_the_throttle_refuses_an_address_after_its_free_failures_and_backs_off()
     now[0] += throttle_module.ADDRESS_PAUSE_CAP_S
     assert t.refused_for("10.0.0.9") == 0
     t.succeeded("10.0.0.9", "key")
-    assert t.pause_for("key") == 0
-    t.failed("10.0.0.9", "key")
-    assert t.refused_for("10.0.0.9") == 0  # a success wiped the record
+    assert t.pause_for("key") == 0  # the edge got in: its key is no longer paused
+    t.failed("10.0.0.9", "other")
+    assert t.refused_for("10.0.0.9") > 0  # but a login does not wipe the address's guesses
+    now[0] += throttle_module.FORGET_AFTER_S + 1
+    t.failed("10.0.0.1", "x")  # a later failure elsewhere forgets the quiet records (when full)
+
+
+def test_calls_opened_at_once_get_no_more_checks_than_failures_one_by_one():
+    now = [0.0]
+    t = AuthThrottle(clock=lambda: now[0])
+    free = throttle_module.FREE_FAILURES
+    started = [t.begin("10.0.0.9") for _ in range(20)]
+    assert started.count(True) == throttle_module.MAX_CHECKS_PER_ADDRESS  # at most that many at once
+    for _ in range(started.count(True)):
+        t.end("10.0.0.9")
+    for _ in range(free - 1):
+        t.failed("10.0.0.9", "k")
+    assert t.begin("10.0.0.9")  # one more check in progress: the last free failure
+    assert not t.begin("10.0.0.9")  # a second one at the same time is refused
+    t.end("10.0.0.9")
 
 
 def test_the_throttle_keeps_its_tables_bounded(monkeypatch):

@@ -384,7 +384,6 @@ def test_nothing_is_read_before_authentication(hostile, caplog):
         code, details = call.ended()
         assert code == grpc.StatusCode.UNAUTHENTICATED and why in details, (code, details)
         assert "SELECT" not in details and "secret_hash" not in details
-        h.server.throttle.succeeded("127.0.0.1", "")  # the next case starts unthrottled
     assert "Traceback" not in caplog.text
     assert_still_served(h)
 
@@ -473,3 +472,93 @@ def test_an_edge_cannot_reach_into_another_tenant(hostile):
     with h.cloud.db.read() as conn:
         names = set(conn.scalars(sa.select(Entity.name).where(Entity.tenant_id == beta.id)))
     assert "theirs" in names and "planted" not in names
+
+
+# -- what a peer can make the cloud write --------------------------------------------------------------
+
+
+def test_asking_for_sync_again_and_again_writes_one_copy_of_the_edges_state(hostile):
+    h = hostile
+    _assign_assets(h, 3)
+    call = _session(h)
+    for _ in range(20):
+        call.send(pb.EdgeMessage(sync_request=pb.SyncRequest()))
+    call.send(uplinks(device_added(1, h.tenant_id, "d1")))
+    call.recv_kind("uplink_ack")  # every request before it was handled
+    for _ in range(3):  # and reconnecting with mark 0 asks for one too
+        call = _session(h)
+    with h.cloud.db.read() as conn:
+        syncs = conn.scalar(
+            sa.select(sa.func.count()).where(EdgeEvent.edge_id == h.edge_id, EdgeEvent.type == "_sync")
+        )
+    assert syncs == 1  # nothing acknowledged: the first sync is still on its way
+
+
+def test_an_event_whose_fan_out_cannot_be_written_fails_alone(hostile):
+    from winstar_core.store.models import StreamCounter
+    from winstar_core.store.outbox import downlink_stream
+
+    h = hostile
+    call = _session(h)
+    call.send(uplinks(device_added(1, h.tenant_id, "shared")))
+    assert call.recv_kind("uplink_ack").uplink_ack.results[0].ok
+    with h.cloud.cloud() as c:  # the device is also on another edge, whose stream is at its end
+        other, _ = c.create_edge("E2", c.find_tenant("Acme"))
+        c.assign(other, c.entities.find_entity("device", "shared"))
+    with h.cloud.db.begin() as s:
+        s.execute(
+            sa.update(StreamCounter)
+            .where(StreamCounter.stream == downlink_stream(other.id))
+            .values(last_seq=MAX_SEQ)
+        )
+    with h.cloud.db.read() as conn:
+        device_id = conn.scalar(sa.select(Entity.id).where(Entity.name == "shared"))
+    state = pb.EntityState(
+        id=str(device_id),
+        type="device",
+        name="shared",
+        tenant_id=str(h.tenant_id),
+        version=2,
+        schema_version=1,
+        payload=b'{"label": "changed"}',
+    )
+    update = pb.Event(
+        seq=2, type="device", action="UPDATED", entity_id=str(device_id), body=state.SerializeToString()
+    )
+    call.send(uplinks(update, device_added(3, h.tenant_id, "d3")))
+    ack = call.recv_kind("uplink_ack").uplink_ack
+    assert [(r.seq, r.ok) for r in ack.results] == [(2, False), (3, True)], ack
+    assert _devices(h) == {"shared": 1, "d3": 1} and _mark(h) == 3
+    assert_still_served(h)
+
+
+def test_a_peers_mark_moves_a_stream_by_a_bounded_step():
+    """The renumbering past a peer's mark (a restored database) cannot be used to push a counter
+    towards the end of the seq range: each step is at most MAX_SEQ_JUMP plus the pending span."""
+    import tempfile
+
+    from winstar_core.store.models import CloudEvent, StreamCounter
+    from winstar_core.store.outbox import MAX_SEQ_JUMP, UPLINK_STREAM, MarkOutOfReach, move_past
+
+    node = Node(f"sqlite:///{tempfile.mkdtemp()}/e.db")
+    node.init_edge("127.0.0.1:1", "k", "s")
+    with node.db.begin() as s:
+        s.execute(sa.update(StreamCounter).where(StreamCounter.stream == UPLINK_STREAM).values(last_seq=10))
+        for seq in range(5, 11):
+            s.add(
+                CloudEvent(
+                    seq=seq, tenant_id=uuid.uuid4(), type="t", action="ADDED", body=b"", status="PENDING"
+                )
+            )
+    for _ in range(40):  # a hostile cloud, reconnecting with the largest mark it may name
+        with node.db.begin() as s:
+            last = s.get(StreamCounter, UPLINK_STREAM).last_seq
+            assert move_past(s, CloudEvent, last + MAX_SEQ_JUMP) == 6
+    with node.db.begin() as s:
+        last = s.get(StreamCounter, UPLINK_STREAM).last_seq
+        seqs = sorted(s.scalars(sa.select(CloudEvent.seq)))
+        with pytest.raises(MarkOutOfReach):
+            move_past(s, CloudEvent, last + MAX_SEQ_JUMP + 1)
+    assert last < 41 * (MAX_SEQ_JUMP + 6)  # linear, not doubling: far from MAX_SEQ
+    assert seqs == list(range(last - 5, last + 1))  # in order, the last one at the counter
+    node.close()

@@ -782,6 +782,23 @@ class CloudService:
             self.session.scalar(sa.select(StreamMark.applied_seq).where(StreamMark.stream == stream)) or 0
         )
 
+    def sync_in_flight(self, edge: Edge) -> bool:
+        """Whether a Sync Edge written earlier has not reached the edge yet (its ``_sync`` end is
+        still PENDING): another one would only repeat it, and a peer asking again and again would
+        otherwise grow the outbox by the edge's whole state each time."""
+        stmt = sa.select(EdgeEvent.seq).where(
+            EdgeEvent.edge_id == edge.id, EdgeEvent.status == "PENDING", EdgeEvent.type == SYNC_EVENT_TYPE
+        )
+        return self.session.scalars(stmt.limit(1)).first() is not None
+
+    def sync_if_due(self, edge: Edge) -> bool:
+        """Run the Sync Edge that was requested, unless one is still on its way (it runs once that
+        one is delivered). Returns whether it ran."""
+        if not edge.sync_requested or self.sync_in_flight(edge):
+            return False
+        self.run_sync(edge)
+        return True
+
     def run_sync(self, edge: Edge) -> int:
         """Queue the edge's whole state: its users, every effective entity (dependencies first),
         container memberships, then a ``_sync`` event naming every entity the edge should hold, so

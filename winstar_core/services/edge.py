@@ -53,8 +53,7 @@ from winstar_core.store.models import (
     User,
     now_ms,
 )
-from winstar_core.store.outbox import Outbox, OutboxEvent, retry_failed
-from winstar_core.transport.limits import MAX_SEQ
+from winstar_core.store.outbox import MAX_SEQ, Outbox, OutboxEvent, retry_failed
 from winstar_core.transport.pb import sync_pb2 as pb
 
 log = logging.getLogger(__name__)

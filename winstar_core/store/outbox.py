@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from winstar_core.store.models import CloudEvent, EdgeEvent, StreamCounter, now_ms
+from winstar_core.store.models import CloudEvent, EdgeEvent, StreamCounter, StreamMark, now_ms
 
 UPLINK_STREAM = "uplink"
 NOTIFY_CHANNEL_DOWNLINK = "winstar_downlink"
@@ -69,17 +69,29 @@ def allocate(session: Session, stream: str, count: int) -> int:
 
 
 def ensure_stream(session: Session, stream: str) -> None:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
+    _insert_missing(session, StreamCounter, stream=stream, last_seq=0)
+
+
+def held_mark(session: Session, stream: str) -> StreamMark:
+    """The receiver's mark of ``stream``, created if missing and locked until the transaction
+    ends: two sessions of one peer (a reconnect while a batch is still being applied) apply one
+    after the other, and the second sees the first's mark (no event applied twice)."""
+    _insert_missing(session, StreamMark, stream=stream, applied_seq=0)
+    row = session.get(StreamMark, stream, with_for_update=True, populate_existing=True)
+    assert row is not None
+    return row
+
+
+def _insert_missing(session: Session, model: Any, **values: Any) -> None:
+    """INSERT the row unless its key exists (no error, whoever inserts it first)."""
+    if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        session.execute(pg_insert(StreamCounter).values(stream=stream, last_seq=0).on_conflict_do_nothing())
+        session.execute(pg_insert(model).values(**values).on_conflict_do_nothing())
     else:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        session.execute(
-            sqlite_insert(StreamCounter).values(stream=stream, last_seq=0).on_conflict_do_nothing()
-        )
+        session.execute(sqlite_insert(model).values(**values).on_conflict_do_nothing())
 
 
 def _rows(
@@ -172,31 +184,57 @@ class Outbox:
         return touched
 
 
+#: sequence numbers are 1 .. 2^63-1 (a signed 64-bit column on both databases)
+MAX_SEQ = 2**63 - 1
+#: how far past the stream's own counter a peer's mark may be and still be taken as real: far
+#: more than any stream grows between two connections, and it would take a broken peer billions
+#: of connections to bring a counter near MAX_SEQ
+MAX_SEQ_JUMP = 2**32
+
+
+class MarkOutOfReach(ValueError):
+    """A peer's mark of a stream no database of ours could have written."""
+
+
 def move_past(session: Session, model: Any, peer_mark: int, edge_id: uuid.UUID | None = None) -> int:
     """The peer says it applied this stream up to ``peer_mark``, beyond the stream's own counter:
     this database is older than the stream (restored from a backup). Its PENDING events may reuse
     seqs the peer already applied for other events, and the peer would take them for duplicates
-    (acknowledged, never applied). So they move, in order, past the peer's mark (``seq + mark``),
-    and the counter with them. An event the peer had in fact applied is then applied again: the
-    lesser harm. Returns how many events moved; the caller bounds ``peer_mark``."""
+    (acknowledged, never applied). So they move, in order, to just past the peer's mark, and the
+    counter with them; an event the peer had in fact applied is then applied again, the lesser
+    harm. Returns how many events moved (0 when the counter is not behind).
+
+    A mark more than :data:`MAX_SEQ_JUMP` past the counter is :class:`MarkOutOfReach`: the counter
+    then grows by at most that (plus the pending events' span) per connection, never towards
+    MAX_SEQ in any number of connections a peer could make."""
     stream = downlink_stream(edge_id) if edge_id is not None else UPLINK_STREAM
     ensure_stream(session, stream)
     counter = session.get(StreamCounter, stream, with_for_update=True)
     assert counter is not None
-    if counter.last_seq >= peer_mark:
+    last = counter.last_seq
+    if peer_mark <= last:
         return 0
+    if peer_mark > last + MAX_SEQ_JUMP:
+        raise MarkOutOfReach(
+            f"the peer says it applied this stream up to seq {peer_mark}, far beyond seq {last},"
+            " the last this database wrote to it"
+        )
     where = [model.status == "PENDING"]
     if edge_id is not None:
         where.append(model.edge_id == edge_id)
-    moved = int(session.scalar(sa.select(sa.func.count()).select_from(model).where(*where)) or 0)
+    first, moved = session.execute(sa.select(sa.func.min(model.seq), sa.func.count()).where(*where)).one()
+    if not moved:
+        counter.last_seq = peer_mark
+        return 0
+    shift = peer_mark + 1 - int(first)  # the first pending event becomes peer_mark + 1
     session.execute(
         sa.update(model)
         .where(*where)
-        .values(seq=model.seq + peer_mark)
+        .values(seq=model.seq + shift)
         .execution_options(synchronize_session=False)
     )
-    counter.last_seq += peer_mark
-    return moved
+    counter.last_seq = last + shift
+    return int(moved)
 
 
 def retry_failed(

@@ -22,14 +22,18 @@ from winstar_core.errors import WinstarError
 from winstar_core.node import Node, read_secret
 from winstar_core.services.common import get_config, set_config
 from winstar_core.services.edge import EdgeService
-from winstar_core.store.models import CloudEvent, StreamCounter, now_ms
-from winstar_core.store.outbox import DOWNLINK_MARK_STREAM, NOTIFY_CHANNEL_UPLINK, UPLINK_STREAM, move_past
+from winstar_core.store.models import CloudEvent, now_ms
+from winstar_core.store.outbox import (
+    DOWNLINK_MARK_STREAM,
+    NOTIFY_CHANNEL_UPLINK,
+    MarkOutOfReach,
+    move_past,
+)
 from winstar_core.transport.common import CLIENT_OPTIONS, listen
 from winstar_core.transport.limits import (
     MAX_ANNOUNCED_TYPES,
     MAX_MESSAGE_BYTES,
     MAX_SEQ,
-    MAX_SEQ_JUMP,
     METADATA_ROUTING_KEY,
     METADATA_SECRET,
     MIN_PEER_MESSAGE_BYTES,
@@ -246,23 +250,17 @@ class EdgeClient:
     def _catch_up(edge: EdgeService, cloud_mark: int) -> None:
         """The cloud applied this edge's uplinks beyond anything this database wrote (a restored
         backup): move the pending ones past its mark (see :func:`move_past`)."""
-        counter = edge.session.get(StreamCounter, UPLINK_STREAM)
-        last = counter.last_seq if counter is not None else 0
-        if last >= cloud_mark:
-            return
-        if cloud_mark > last + MAX_SEQ_JUMP or last + cloud_mark > MAX_SEQ:
-            raise ProtocolViolation(
-                f"the cloud says it applied this edge's uplinks up to seq {cloud_mark}, far beyond"
-                f" seq {last}, the last this edge wrote"
+        try:
+            moved = move_past(edge.session, CloudEvent, cloud_mark)
+        except MarkOutOfReach as exc:
+            raise ProtocolViolation(str(exc)) from None
+        if moved:
+            log.warning(
+                "the cloud applied this edge's uplinks up to seq %d, beyond what this database wrote"
+                " (restored from a backup?): %d pending uplink(s) renumbered past it",
+                cloud_mark,
+                moved,
             )
-        moved = move_past(edge.session, CloudEvent, cloud_mark)
-        log.warning(
-            "the cloud applied this edge's uplinks up to seq %d, this database wrote only up to %d"
-            " (restored from a backup?): %d pending uplink(s) renumbered past the cloud's mark",
-            cloud_mark,
-            last,
-            moved,
-        )
 
     async def _session(self, stop: asyncio.Event) -> None:
         receiver = downlink_receiver(self.node)

@@ -38,6 +38,9 @@ COMMON_OPTIONS: list[tuple[str, int]] = [
 
 SERVER_OPTIONS: list[tuple[str, int]] = [
     *COMMON_OPTIONS,
+    # an edge needs one stream (and a health check): many calls on one connection are someone
+    # trying to get past the per-address throttle at once
+    ("grpc.max_concurrent_streams", 16),
     # accept the edges' pings every 10 s; gRPC's default (5 min) would answer them with GOAWAY
     ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
 ]

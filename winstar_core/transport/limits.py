@@ -17,12 +17,11 @@ BATCH_SIZE = 500
 MAX_BATCH_EVENTS = 10_000
 #: batches a sender sends before the first is acknowledged
 MAX_IN_FLIGHT = 4
-#: sequence numbers are 1 .. 2^63-1 (a signed 64-bit column on both databases)
-MAX_SEQ = 2**63 - 1
-#: how far past the receiver's knowledge of a stream (its mark, or the last_seq the sender last
-#: announced) a batch may announce the stream's end: far more than any sender writes between two
-#: batches, and it would take a broken peer billions of batches to bring a mark near MAX_SEQ
-MAX_SEQ_JUMP = 2**32
+#: the seq range, and how far past what a receiver knows of a stream (its mark, or the last_seq
+#: the sender last announced) a batch or a peer's mark may go (see winstar_core/store/outbox.py)
+from winstar_core.store.outbox import MAX_SEQ as MAX_SEQ  # noqa: E402
+from winstar_core.store.outbox import MAX_SEQ_JUMP as MAX_SEQ_JUMP  # noqa: E402
+
 #: entity types a Hello or Welcome may announce
 MAX_ANNOUNCED_TYPES = 1_000
 

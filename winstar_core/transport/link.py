@@ -46,7 +46,7 @@ from winstar_core.store.models import (
     StreamMark,
     now_ms,
 )
-from winstar_core.store.outbox import UPLINK_STREAM, downlink_stream
+from winstar_core.store.outbox import UPLINK_STREAM, downlink_stream, held_mark
 from winstar_core.transport.limits import (
     BATCH_SIZE,
     ENVELOPE_BYTES,
@@ -517,10 +517,7 @@ class Receiver:
         rejected: list[pb.EventResult] = []
         with self.db.begin() as session:
             service = self.open_service(session)
-            row = session.get(StreamMark, self.stream)
-            if row is None:
-                row = StreamMark(stream=self.stream, applied_seq=0)
-                session.add(row)
+            row = held_mark(session, self.stream)
             mark = row.applied_seq
             fresh = [e for e in events if e.seq > mark]
             if not savepoints:
@@ -537,6 +534,7 @@ class Receiver:
                 )
             results: list[pb.EventResult] = []
             applied = 0
+            touched: set[uuid.UUID] = set()
             for ev in events:
                 if ev.seq <= mark:
                     err = old_failures.get(ev.seq)
@@ -559,6 +557,9 @@ class Receiver:
                         if self.finish is not None:
                             self.finish(service)
                         session.flush()
+                        # the events this one fans out are written here too: one that cannot be
+                        # written (another stream's counter at its end...) is this event's fault
+                        touched |= service.outbox.flush(session)
                 except Exception as exc:
                     if is_infrastructure(exc, self.db):
                         raise
@@ -579,11 +580,11 @@ class Receiver:
                 if self.finish is not None:
                     self.finish(service)
                 session.flush()  # the optimistic pass writes its rows here, in a few statements
+                touched |= service.outbox.flush(session)
             except Exception as exc:
                 if savepoints or is_infrastructure(exc, self.db):
                     raise
                 raise _Rejected(exc) from exc
-            touched = service.outbox.flush(session)
         if rejected:
             warnings.warning(
                 f"rejected:{self.stream}",

@@ -34,8 +34,10 @@ class LogSummary:
                 return False
             skipped = self._skipped.pop(kind, 0)
             self._last[kind] = now
-            if len(self._last) > 10_000:  # kinds are per stream or address: keep the map bounded
-                self._last = {k: v for k, v in self._last.items() if now - v < self.every}
+            if len(self._last) > 10_000:  # kinds are per stream or address: keep the maps bounded
+                for k in sorted(self._last, key=self._last.__getitem__)[:5_000]:
+                    del self._last[k]
+                    self._skipped.pop(k, None)
         more = (
             f" (and {skipped:,} more like it in the last {now - last:,.0f}s)"
             if skipped and last is not None

@@ -30,7 +30,13 @@ from winstar_core.services.cloud import CloudService, check_secret, hash_secret,
 from winstar_core.services.common import parse_uuid
 from winstar_core.services.instances import admit_instance, uplink_mark_stream_for
 from winstar_core.store.models import Edge, EdgeEvent, StreamCounter, StreamMark, now_ms
-from winstar_core.store.outbox import NOTIFY_CHANNEL_DOWNLINK, downlink_stream, move_past, uplink_mark_stream
+from winstar_core.store.outbox import (
+    NOTIFY_CHANNEL_DOWNLINK,
+    MarkOutOfReach,
+    downlink_stream,
+    move_past,
+    uplink_mark_stream,
+)
 from winstar_core.transport.common import SERVER_OPTIONS, listen
 from winstar_core.transport.fair import FairExecutor
 from winstar_core.transport.limits import (
@@ -39,7 +45,6 @@ from winstar_core.transport.limits import (
     MAX_ANNOUNCED_TYPES,
     MAX_MESSAGE_BYTES,
     MAX_SEQ,
-    MAX_SEQ_JUMP,
     METADATA_ROUTING_KEY,
     METADATA_SECRET,
     MIN_PEER_MESSAGE_BYTES,
@@ -58,7 +63,7 @@ from winstar_core.transport.link import (
 )
 from winstar_core.transport.logsummary import LogSummary
 from winstar_core.transport.pb import sync_pb2 as pb
-from winstar_core.transport.throttle import KEY_PAUSE_CAP_S, AuthThrottle
+from winstar_core.transport.throttle import KEY_PAUSE_CAP_S, MAX_KEY_WAITERS, AuthThrottle
 from winstar_core.transport.welcome import PROTOCOL_VERSION, edge_welcome
 
 log = logging.getLogger(__name__)
@@ -69,8 +74,6 @@ _DUMMY_SECRET = secrets.token_urlsafe(24)
 _ROUTING_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: the executor lane of authentications: one more "tenant" in the fair rotation
 _AUTH_LANE = "auth"
-#: attempts that may wait for one routing key's pause at once; more are refused at once
-_MAX_KEY_WAITERS = 8
 
 
 class LinkClosed(Exception):
@@ -161,8 +164,14 @@ class EdgeSession:
         self.tenant_id = tenant_id
         self.hello = hello
         self.host = host
-        self.out: asyncio.Queue[pb.CloudMessage] = asyncio.Queue(maxsize=64)
+        # room for the batches in flight and a few acks: an edge that stops reading holds up its
+        # own session, not the cloud's memory
+        self.out: asyncio.Queue[pb.CloudMessage] = asyncio.Queue(maxsize=server.max_in_flight + 4)
         self.closed = asyncio.Event()
+        #: set once the session has ended and recorded it
+        self.ended = asyncio.Event()
+        #: the edge moved to this box (reset-instance): a full sync is due
+        self.moved = False
         self.poke = asyncio.Event()
         limit = min(hello.max_message_bytes or MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES)
         self.sender = Sender(
@@ -191,16 +200,26 @@ class EdgeSession:
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    def _on_connect(self) -> pb.Welcome | Refusal:
-        """Admit the box and mark the edge connected: the Welcome, or why it is refused."""
-        delivered = OutboxStream(self.node.db, self.edge_id).highest_delivered()
+    def admit(self) -> Refusal | None:
+        """Whether the cloud serves this box as the edge (see :func:`admit_instance`); a refusal
+        commits the conflict line."""
         with self.node.cloud() as cloud:
             edge = cloud.session.get(Edge, self.edge_id)
             if edge is None:
                 return Refusal(grpc.StatusCode.FAILED_PRECONDITION, "the edge was deleted")
             admission = admit_instance(cloud.session, edge, self.hello.instance_id, self.host)
-            if not admission.ok:  # the transaction commits the conflict line
+            if not admission.ok:
                 return Refusal(grpc.StatusCode.FAILED_PRECONDITION, admission.reason)
+            self.moved = admission.full_sync
+        return None
+
+    def _on_connect(self) -> pb.Welcome | Refusal:
+        """Mark the admitted edge connected: the Welcome, or why it is refused."""
+        delivered = OutboxStream(self.node.db, self.edge_id).highest_delivered()
+        with self.node.cloud() as cloud:
+            edge = cloud.session.get(Edge, self.edge_id)
+            if edge is None:
+                return Refusal(grpc.StatusCode.FAILED_PRECONDITION, "the edge was deleted")
             behind = self._catch_up(cloud)
             if isinstance(behind, Refusal):
                 return behind
@@ -211,38 +230,30 @@ class EdgeSession:
             edge.last_seen = now_ms()
             edge.last_error = None
             welcome = edge_welcome(cloud, edge, applied_uplink_seq=mark)
-            if (
-                admission.full_sync
-                or behind
-                or edge.sync_requested
-                or self.hello.applied_downlink_seq < delivered
-            ):
-                # moved to a new box, asked for, the edge lost what it had (restored backup), or
-                # the edge holds what this database forgot (the cloud's was restored): full sync
-                cloud.run_sync(edge)
+            if self.moved or behind or self.hello.applied_downlink_seq < delivered:
+                # moved to a new box, the edge lost what it had (restored backup), or it holds
+                # what this database forgot (the cloud's was restored): a full sync is due
+                edge.sync_requested = True
+            cloud.sync_if_due(edge)
         return welcome
 
     def _catch_up(self, cloud: CloudService) -> bool | Refusal:
         """The edge applied this stream beyond anything this database wrote (the cloud's database
         was restored from a backup): move the pending downlinks past the edge's mark (see
-        :func:`move_past`). Returns whether they moved."""
-        counter = cloud.session.get(StreamCounter, downlink_stream(self.edge_id))
-        last = counter.last_seq if counter is not None else 0
+        :func:`move_past`). Returns whether the stream was behind."""
         mark = self.hello.applied_downlink_seq
-        if mark <= last:
-            return False
-        if mark > last + MAX_SEQ_JUMP or last + mark > MAX_SEQ:
-            return Refusal(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"applied_downlink_seq {mark} is far beyond seq {last}, the last the cloud wrote to this edge",
-            )
-        moved = move_past(cloud.session, EdgeEvent, mark, self.edge_id)
+        try:
+            counter = cloud.session.get(StreamCounter, downlink_stream(self.edge_id))
+            if counter is None or mark <= counter.last_seq:
+                return False
+            moved = move_past(cloud.session, EdgeEvent, mark, self.edge_id)
+        except MarkOutOfReach as exc:
+            return Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"applied_downlink_seq: {exc}")
         log.warning(
-            "edge %s applied its downlinks up to seq %d, the cloud wrote only up to %d (restored from a"
-            " backup?): %d pending downlink(s) renumbered past the edge's mark, full sync queued",
+            "edge %s applied its downlinks up to seq %d, beyond what this database wrote (restored"
+            " from a backup?): %d pending downlink(s) renumbered past it, full sync queued",
             self.edge_id,
             mark,
-            last,
             moved,
         )
         return True
@@ -254,10 +265,8 @@ class EdgeSession:
                 raise LinkClosed("the edge was deleted")
             if touch:
                 edge.last_seen = now_ms()
-            if edge.sync_requested:
-                cloud.run_sync(edge)
-                return True
-        return False
+                edge.connected = True  # a replaced session's cleanup may have cleared it meanwhile
+            return cloud.sync_if_due(edge)
 
     def _on_disconnect(self, error: str | None) -> None:
         with self.node.db.begin() as s:
@@ -299,9 +308,12 @@ class EdgeSession:
                 elif isinstance(exc, LinkClosed):
                     error = str(exc)
                     status = (grpc.StatusCode.UNAVAILABLE, str(exc))
-                else:
+                else:  # the details stay in our log: a database error can name hosts and users
                     error = f"{type(exc).__name__}: {_line(exc)}"
-                    status = (grpc.StatusCode.UNAVAILABLE, f"cloud could not serve the link: {error}")
+                    status = (
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"cloud could not serve the link ({type(exc).__name__}); it is logged there",
+                    )
                 warnings.warning(
                     f"session:{self.edge_id}", f"edge {self.edge_id}: {task.get_name()}: {error}"
                 )
@@ -313,6 +325,7 @@ class EdgeSession:
             closing = asyncio.create_task(self._close(tasks, error))
             self.server.closing.add(closing)
             closing.add_done_callback(self.server.closing.discard)
+            closing.add_done_callback(lambda _task: self.ended.set())
             await asyncio.shield(closing)
         if status is not None:
             await context.abort(*status)
@@ -366,7 +379,8 @@ class EdgeSession:
             edge = cloud.session.get(Edge, self.edge_id)
             if edge is None:
                 raise LinkClosed("the edge was deleted")
-            cloud.run_sync(edge)
+            edge.sync_requested = True
+            cloud.sync_if_due(edge)
 
     async def _housekeeping(self, context: grpc.aio.ServicerContext) -> None:
         last_touch = 0.0
@@ -411,6 +425,7 @@ class CloudServer:
         self.executor = FairExecutor(workers or max(4, 2 * (os.cpu_count() or 2)))
         self.throttle = AuthThrottle()
         self._key_waiters: dict[str, int] = {}
+        self._key_locks: dict[str, asyncio.Lock] = {}
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._stop = asyncio.Event()
@@ -435,12 +450,20 @@ class CloudServer:
     async def _authenticated(
         self, context: grpc.aio.ServicerContext, host: str
     ) -> tuple[uuid.UUID, uuid.UUID]:
-        refused = self.throttle.refused_for(host)
-        if refused > 0:
+        if not self.throttle.begin(host):
+            wait = max(self.throttle.refused_for(host), 1.0)
             raise Refusal(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"too many failed attempts from this address: retry in {refused:.0f}s",
+                f"too many failed attempts from this address: retry in {wait:.0f}s",
             )
+        try:
+            return await self._check_credentials(context, host)
+        finally:
+            self.throttle.end(host)
+
+    async def _check_credentials(
+        self, context: grpc.aio.ServicerContext, host: str
+    ) -> tuple[uuid.UUID, uuid.UUID]:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         routing_key = metadata.get(METADATA_ROUTING_KEY, "")
         secret = metadata.get(METADATA_SECRET, "")
@@ -452,19 +475,31 @@ class CloudServer:
                 f" and {METADATA_SECRET} metadata",
             )
         key = routing_key[:64]
-        pause = self.throttle.pause_for(key)
-        if pause > 0:  # this key's secret is being guessed: one check per pause, wherever from
-            if self._key_waiters.get(key, 0) >= _MAX_KEY_WAITERS:
+        if self.throttle.pause_for(key) > 0:
+            # this key's secret is being guessed: one check at a time, each after its pause
+            lock = self._key_locks.get(key)
+            if lock is None:
+                lock = self._key_locks[key] = asyncio.Lock()
+            waiting = self._key_waiters.get(key, 0)
+            if waiting >= MAX_KEY_WAITERS:
                 raise Refusal(
                     grpc.StatusCode.RESOURCE_EXHAUSTED, "too many attempts for this edge: retry later"
                 )
-            self._key_waiters[key] = self._key_waiters.get(key, 0) + 1
+            self._key_waiters[key] = waiting + 1
             try:
-                await asyncio.sleep(min(pause, KEY_PAUSE_CAP_S))
+                async with lock:
+                    await asyncio.sleep(min(self.throttle.pause_for(key), KEY_PAUSE_CAP_S))
+                    return await self._verify(host, key, routing_key, secret)
             finally:
                 self._key_waiters[key] -= 1
                 if not self._key_waiters[key]:
                     del self._key_waiters[key]
+                    self._key_locks.pop(key, None)
+        return await self._verify(host, key, routing_key, secret)
+
+    async def _verify(
+        self, host: str, key: str, routing_key: str, secret: str
+    ) -> tuple[uuid.UUID, uuid.UUID]:
         found = await self.executor.run(_AUTH_LANE, key, self.authenticate, routing_key, secret)
         if found is None:
             self.throttle.failed(host, key)
@@ -499,6 +534,14 @@ class CloudServer:
             raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a Hello")
         check_hello(first.hello)
         session = EdgeSession(self, edge_id, tenant_id, first.hello, host)
+        refusal = await session.offload(session.admit)
+        if refusal is not None:
+            raise refusal
+        old = self.sessions.get(edge_id)
+        if old is not None:  # the box reconnected before its old stream was noticed dead: end
+            old.closed.set()  # that one first, so it acknowledges nothing meant for this one
+            with suppress(TimeoutError):
+                await asyncio.wait_for(old.ended.wait(), timeout=10)
         return session, await session.connect()
 
     async def connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
@@ -517,7 +560,7 @@ class CloudServer:
             await context.abort(code, "the cloud cannot accept the connection now; try again later")
         edge_id = session.edge_id
         old = self.sessions.get(edge_id)
-        if old is not None:  # the edge reconnected before the old stream was noticed dead
+        if old is not None:  # another connect of this box won the race meanwhile
             old.closed.set()
         self.sessions[edge_id] = session
         try:
@@ -529,7 +572,7 @@ class CloudServer:
                 f"session:{edge_id}", f"edge {edge_id}: link failed: {type(exc).__name__}: {_line(exc)}"
             )
             await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"cloud error: {type(exc).__name__}: {_line(exc)}"
+                grpc.StatusCode.UNAVAILABLE, f"cloud error ({type(exc).__name__}); it is logged there"
             )
         finally:
             if self.sessions.get(edge_id) is session:

@@ -5,6 +5,7 @@ applied. The cloud runs on PostgreSQL, as in production."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import types
 import uuid
@@ -562,3 +563,58 @@ def test_a_peers_mark_moves_a_stream_by_a_bounded_step():
     assert last < 41 * (MAX_SEQ_JUMP + 6)  # linear, not doubling: far from MAX_SEQ
     assert seqs == list(range(last - 5, last + 1))  # in order, the last one at the counter
     node.close()
+
+
+def test_two_sessions_applying_one_batch_at_once_apply_it_once(hostile):
+    """A reconnect while a batch is still being applied (or a peer opening two calls) sends one
+    batch to two receivers at once: the mark row's lock makes the second wait and answer with the
+    first's verdicts. The batch look-ups wait for each other, so without the lock both would apply
+    the batch's updates, and each would send them on to the edges that hold the devices."""
+    import dataclasses
+    import threading
+
+    from winstar_core.transport.server import uplink_receiver
+
+    h = hostile
+    base = uplink_receiver(h.cloud, h.edge_id, str(uuid.uuid4()))
+    added = [device_added(i, h.tenant_id, f"twice{i}") for i in range(1, 6)]
+    assert all(r.ok for r in base.apply_batch(added, 5)[0].results)
+    updated = []
+    for event in added:
+        state = pb.EntityState.FromString(event.body)
+        state.version, state.payload = 2, b'{"label": "changed"}'
+        updated.append(
+            pb.Event(
+                seq=event.seq + 5,
+                type="device",
+                action="UPDATED",
+                entity_id=event.entity_id,
+                body=state.SerializeToString(),
+            )
+        )
+    barrier = threading.Barrier(2)
+
+    def prepare(cloud, events):
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=2)  # only meets the other receiver if both got past the mark
+        base.prepare(cloud, events)
+
+    acks = []
+
+    def apply():
+        receiver = dataclasses.replace(base, prepare=prepare)
+        acks.append(receiver.apply_batch(updated, 10)[0])
+
+    threads = [threading.Thread(target=apply) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(acks) == 2
+    for ack in acks:
+        assert [(r.seq, r.ok) for r in ack.results] == [(i, True) for i in range(6, 11)], ack
+    with h.cloud.db.read() as conn:
+        sent_on = conn.scalar(
+            sa.select(sa.func.count()).where(EdgeEvent.edge_id == h.edge_id, EdgeEvent.action == "UPDATED")
+        )
+    assert sent_on == 5  # each update applied, and sent on, once

@@ -168,3 +168,37 @@ def test_user_changes_reach_every_edge_of_the_tenant(cloud_node):
     with cloud_node.cloud() as c:
         c.create_user("admin@acme.io", c.find_tenant("Acme"), "TENANT_ADMIN")
     assert [(r[1], r[2]) for r in downlink_rows(cloud_node)] == [("_user", "UPDATED")]
+
+
+def test_a_failed_event_is_retried_at_most_once_and_its_copy_may_be_retried_in_turn(edge_node):
+    import uuid as _uuid
+
+    import sqlalchemy as sa
+
+    from winstar_core.store.models import CloudEvent, StreamCounter
+    from winstar_core.store.outbox import UPLINK_STREAM
+
+    tenant = _uuid.uuid4()
+    with edge_node.db.begin() as s:  # three uplinks the cloud refused
+        s.execute(sa.update(StreamCounter).where(StreamCounter.stream == UPLINK_STREAM).values(last_seq=3))
+        for seq in range(1, 4):
+            s.add(
+                CloudEvent(
+                    seq=seq, tenant_id=tenant, type="t", action="ADDED", body=b"", status="FAILED", error="no"
+                )
+            )
+    with edge_node.edge() as e:
+        first = e.retry_failed(list(range(1, 1_200)))  # SEQs beyond one statement's worth are fine
+        assert e.retry_failed() == []  # nothing is sent twice
+    with edge_node.db.begin() as s:
+        s.execute(
+            sa.update(CloudEvent).where(CloudEvent.seq.in_(first)).values(status="FAILED", error="again")
+        )
+    with edge_node.edge() as e:
+        second = e.retry_failed()
+    with edge_node.db.read() as conn:
+        rows = {
+            seq: retried for seq, retried in conn.execute(sa.select(CloudEvent.seq, CloudEvent.retried_as))
+        }
+    assert first == [4, 5, 6] and second == [7, 8, 9]
+    assert rows == {1: 4, 2: 5, 3: 6, 4: 7, 5: 8, 6: 9, 7: None, 8: None, 9: None}

@@ -196,6 +196,8 @@ class EdgeEvent(Base):
     status: Mapped[str] = mapped_column(sa.String(16), default=PENDING)
     delivered_time: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
     error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    #: for a FAILED event sent again: the seq of its copy (an event is retried at most once)
+    retried_as: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
 
 
 class CloudEvent(Base):
@@ -228,6 +230,8 @@ class CloudEvent(Base):
     status: Mapped[str] = mapped_column(sa.String(16), default=PENDING)
     delivered_time: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
     error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    #: for a FAILED event sent again: the seq of its copy (an event is retried at most once)
+    retried_as: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
 
 
 class StreamCounter(Base):

@@ -240,14 +240,24 @@ def move_past(session: Session, model: Any, peer_mark: int, edge_id: uuid.UUID |
 def retry_failed(
     session: Session, model: Any, seqs: list[int] | None, edge_id: uuid.UUID | None = None
 ) -> list[int]:
-    """Queue FAILED events again, as new events at the end of their stream (new seqs). The failed
-    rows stay, their error saying which seq retried them. Returns the new seqs."""
-    where = [model.status == "FAILED"]
+    """Queue FAILED events again, as new events at the end of their stream (new seqs), each at
+    most once: the failed rows stay, with ``retried_as`` (and their error) naming the seq of their
+    copy, and are not retried again (a copy that fails in turn is retried as itself). Returns the
+    new seqs."""
+    where = [model.status == "FAILED", model.retried_as.is_(None)]
     if edge_id is not None:
         where.append(model.edge_id == edge_id)
+    stmt = sa.select(model).where(*where).order_by(model.seq)
     if seqs:
-        where.append(model.seq.in_(seqs))
-    failed = list(session.scalars(sa.select(model).where(*where).order_by(model.seq)))
+        wanted = sorted(set(seqs))
+        failed = [
+            row
+            for i in range(0, len(wanted), 500)
+            for row in session.scalars(stmt.where(model.seq.in_(wanted[i : i + 500])))
+        ]
+        failed.sort(key=lambda row: row.seq)
+    else:
+        failed = list(session.scalars(stmt))
     if not failed:
         return []
     stream = downlink_stream(edge_id) if edge_id is not None else UPLINK_STREAM
@@ -255,6 +265,7 @@ def retry_failed(
     again = [OutboxEvent(old.tenant_id, old.type, old.action, old.entity_id, old.body) for old in failed]
     session.execute(sa.insert(model), _rows(first, now_ms(), again, edge_id))
     for i, old in enumerate(failed):
+        old.retried_as = first + i
         old.error = f"{old.error} (retried as seq {first + i})"
     notify_senders(session, [edge_id] if edge_id is not None else [], edge_id is None)
     return [first + i for i in range(len(failed))]

@@ -113,6 +113,17 @@ class EntityType:
     #: whether entities of this type contain other entities (assigning one assigns its members)
     container: ClassVar[bool] = False
 
+    # -- names -----------------------------------------------------------------------------------
+
+    @classmethod
+    def name_scope(cls, data: Mapping[str, Any]) -> str:
+        """Within a tenant, an entity's name is unique among the entities of its type *and scope*.
+        By default every entity of a type has the scope ``""`` (names unique per type); a type
+        whose entities may share a name when they differ in some respect returns that respect
+        here (entity groups: their member type, so ``[Edge] Plant 7 All`` exists once per member
+        type). At most 64 characters; called with validated data, on every write."""
+        return ""
+
     # -- data ------------------------------------------------------------------------------------
 
     @classmethod
@@ -161,8 +172,23 @@ class EntityType:
 
     @classmethod
     def merge(cls, current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-        """The data after an update: by default, top-level keys of ``changes`` replace ``current``."""
+        """The data after an update: by default, top-level keys of ``changes`` replace ``current``.
+
+        Whatever an override returns is validated again by the core (:meth:`validate`, then
+        :meth:`check_storable`) before it is stored, so a ``merge`` that builds invalid data gets
+        a refusal, never a stored entity; raising :class:`~winstar_core.errors.WinstarError`
+        refuses the update with its message."""
         return cls.validate({**current, **changes})
+
+    @classmethod
+    def upgrade(cls, data: dict[str, Any], from_version: int) -> dict[str, Any]:
+        """Data of this type's older schema version ``from_version`` (a peer with an older plugin
+        sent it), as data of :attr:`schema_version`, before it is validated. The default returns
+        it unchanged: right for a change that only added optional fields. Override it when a
+        version renamed or reshaped something; raise
+        :class:`~winstar_core.errors.InvalidData` for a version it cannot read (that event then
+        fails with the message)."""
+        return data
 
     @classmethod
     def serialize(cls, data: Mapping[str, Any]) -> bytes:
@@ -170,13 +196,15 @@ class EntityType:
         return json.dumps(cls.schema_instance().dump(data), separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
-    def deserialize(cls, payload: bytes) -> dict[str, Any]:
-        """Read a payload produced by :meth:`serialize` (possibly by the peer), validating it.
+    def decode(cls, payload: bytes) -> dict[str, Any]:
+        """The JSON object of a payload produced by :meth:`serialize` (possibly by the peer, of
+        any schema version), not validated yet. Override it together with :meth:`serialize` for
+        another wire format.
 
         A peer's payload is anything at all: every way it can be wrong is an :class:`InvalidData`
         with a one-line reason (never a RecursionError from JSON nested 100,000 levels deep, nor
         a ValueError from a number of 5,000 digits), and what the store cannot hold (NUL
-        characters, lone surrogates, NaN, deep nesting) is refused before the schema runs."""
+        characters, lone surrogates, NaN, deep nesting) is refused before any schema runs."""
         cls.check_size(len(payload))
         try:
             raw = json.loads(payload.decode() or "{}")
@@ -196,6 +224,42 @@ class EntityType:
         why = _unstorable(raw)
         if why:
             raise InvalidData(f"{cls.name} data may not contain {why}")
+        return raw
+
+    @classmethod
+    def deserialize(cls, payload: bytes) -> dict[str, Any]:
+        """Read a payload of this type's current schema version: :meth:`decode`, then
+        :meth:`validate`."""
+        return cls.validate(cls.decode(payload))
+
+    @classmethod
+    def load_payload(cls, payload: bytes, schema_version: int) -> dict[str, Any]:
+        """Read a peer's payload written with ``schema_version`` (0: not said, the current one).
+        Newer than this plugin knows: :class:`InvalidData` (a sender that knows the receiver's
+        versions holds such an event instead of sending it). Older: :meth:`decode`, then
+        :meth:`upgrade`, then :meth:`validate`. Called by the core; not meant to be overridden."""
+        current = cls.schema_version
+        if schema_version > current:
+            raise InvalidData(
+                f"{cls.name} payload has schema version {schema_version}; this side's plugin knows"
+                f" version {current}: upgrade its plugin"
+            )
+        raw = cls.decode(payload)
+        if 0 < schema_version < current:
+            try:
+                raw = cls.upgrade(raw, schema_version)
+            except InvalidData:
+                raise
+            except Exception as exc:  # a plugin's upgrade that breaks: this event's refusal
+                raise InvalidData(
+                    f"{cls.name} data of schema version {schema_version} could not be upgraded to"
+                    f" {current}: {type(exc).__name__}: {_one_line(str(exc))}"
+                ) from None
+            if not isinstance(raw, dict):
+                raise InvalidData(f"{cls.name}.upgrade returned {type(raw).__name__}, not an object")
+            why = _unstorable(raw)
+            if why:
+                raise InvalidData(f"{cls.name} data may not contain {why}")
         return cls.validate(raw)
 
     # -- containers ------------------------------------------------------------------------------

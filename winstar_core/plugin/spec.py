@@ -15,8 +15,7 @@ if TYPE_CHECKING:
     import pluggy
 
     from winstar_core.entity_types import EntityTypeRegister
-    from winstar_core.services.cloud import CloudService
-    from winstar_core.store.models import Edge, Entity
+    from winstar_core.plugin.api import EdgeCreation
 
 # -------------------------------------------------------------------------------------------------
 # Initialization
@@ -60,8 +59,8 @@ def winstar_add_commands(cli: click.Group) -> None:
     """Contribute commands (or groups of commands) to the ``winstar`` command line.
 
     :param cli: the root click group; call ``cli.add_command(...)``. Use the helpers of
-        :mod:`winstar_core.cli.api` (``node_command``, ``emit``) so that ``--db`` and ``--json``
-        behave like the core's commands.
+        :mod:`winstar_core.cli.api` (``node_options``, ``current_node``, ``emit``) so that
+        ``--db`` and ``--json`` behave like the core's commands.
 
     The return value is ignored.
     """
@@ -73,18 +72,20 @@ def winstar_add_commands(cli: click.Group) -> None:
 
 
 @hookspec(firstresult=True)
-def winstar_edge_entity_created(cloud: CloudService, edge: Edge, entity: Entity, edition: str) -> Any:
-    """Apply the edition's rule to an entity that an edge created and the cloud just stored.
+def winstar_edge_entity_created(created: EdgeCreation) -> Any:
+    """The edition's rule for an entity that an edge created and the cloud just stored.
 
-    :param cloud: the cloud service, inside the transaction that stores the entity; use its
-        methods (``assign``, ``create_entity``, ``add_member``…) so that every change writes its
-        downlink events in that same transaction.
-    :param edge: the edge that created the entity.
-    :param entity: the new entity, already stored in the cloud with the edge's id for it.
-    :param edition: ``"ce"`` or ``"pe"``.
+    :param created: the edge, the new entity, the edition, and the operations a rule needs
+        (:class:`winstar_core.plugin.api.EdgeCreation`: ``find_entity``, ``create_entity``,
+        ``add_member``, ``assign``), inside the transaction that stores the entity.
 
     firstresult: the first non-None answer wins and the remaining implementations are skipped.
-    Return any non-None value once the rule is applied (for example, the entity was assigned to the
-    edge directly, or through a group). If no plugin answers, the entity stays in the cloud
-    unassigned.
+    Return any non-None value once the rule has placed the entity (assigned it to the edge,
+    directly or through a group); return None to leave it to the next rule.
+
+    Call order: implementations marked ``@hookimpl(trylast=True)`` run last; the built-in plugins
+    mark theirs so (they are fallbacks), so a plain ``@hookimpl`` of yours runs before them and,
+    by answering, overrides them. If no implementation answers, the core's default rule assigns
+    the entity to the edge that created it (the CE behaviour): no edge loses what it created.
+    A rule that raises refuses the edge's event (the uplink FAILS with the message).
     """

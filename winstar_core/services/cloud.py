@@ -45,10 +45,12 @@ from winstar_core.services.common import (
     optional_peer_uuid,
     parse_body,
     parse_uuid,
+    scope_of,
 )
 from winstar_core.services.common import (
     EDITIONS as EDITIONS,  # node.py takes it from here
 )
+from winstar_core.services.rules import place_created
 from winstar_core.store.models import (
     Assignment,
     Customer,
@@ -659,7 +661,9 @@ class CloudService:
     # uplinks: changes an edge made to the entities it owns
     # ---------------------------------------------------------------------------------------------
 
-    def free_name_for(self, edge: Edge, type_name: str, name: str, entity_id: uuid.UUID) -> str:
+    def free_name_for(
+        self, edge: Edge, type_name: str, name: str, entity_id: uuid.UUID, scope: str = ""
+    ) -> str:
         """The name an edge-created entity gets in the cloud. If ``name`` is taken in the tenant by
         another entity, the deterministic ``NAME (EDGE_NAME)``, then ``NAME (EDGE_NAME ID8)``; the
         cloud sends the entity back under that name, so the edge ends up agreeing."""
@@ -678,7 +682,10 @@ class CloudService:
                 return candidate  # free (or its own) when the batch began, and no event took it since
             clash = self.session.scalars(
                 sa.select(Entity.id).where(
-                    Entity.tenant_id == edge.tenant_id, Entity.type == type_name, Entity.name == candidate
+                    Entity.tenant_id == edge.tenant_id,
+                    Entity.type == type_name,
+                    Entity.name_scope == scope,
+                    Entity.name == candidate,
                 )
             ).first()
             if clash is None or clash == entity_id:
@@ -725,17 +732,18 @@ class CloudService:
             raise PermissionDenied("an edge may only create entities in its own tenant")
         wanted = clean_name(state.name, f"the {event.type}")
         customer_id = optional_peer_uuid(state.customer_id, "the entity's customer id")
-        data = etype.deserialize(state.payload)
+        data = etype.load_payload(state.payload, state.schema_version)
+        scope = scope_of(etype, data)
         if existing is not None:
             self._check_edge_rights(edge, existing)
-            name = self.free_name_for(edge, existing.type, wanted, existing.id)
+            name = self.free_name_for(edge, existing.type, wanted, existing.id, scope)
             self.update_entity(existing, name=name, data=data)
             if self.batch is not None:
                 self.batch.took(existing.type, name, existing.id)
             return
         if event.action == UPDATED:
             raise NotFound(f"{event.type} {wanted!r} is unknown to the cloud")
-        name = self.free_name_for(edge, event.type, wanted, entity_id)
+        name = self.free_name_for(edge, event.type, wanted, entity_id, scope)
         tenant = self.find_tenant(edge.tenant_id)
         customer = self.session.get(Customer, customer_id) if customer_id else None
         entity = self.entities.insert(
@@ -756,9 +764,7 @@ class CloudService:
             self.batch.took(entity.type, name, entity.id)
         self._no_echo = (edge.id, entity.id)  # the edge has it already...
         try:
-            self.platform.hook.winstar_edge_entity_created(
-                cloud=self, edge=edge, entity=entity, edition=self.edition
-            )
+            place_created(self, edge, entity)
         finally:
             self._no_echo = None
         if name != state.name:  # ...unless the cloud had to rename it: tell the edge

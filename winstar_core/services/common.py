@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from google.protobuf.message import DecodeError, Message
 from sqlalchemy.orm import Session
 
-from winstar_core.entity_types import EntityTypeRegister, shown, text_problem
+from winstar_core.entity_types import EntityType, EntityTypeRegister, shown, text_problem
 from winstar_core.errors import Conflict, NotFound, WinstarError
 from winstar_core.store.models import Entity, EntityMember, NodeConfig, Tenant, now_ms
 from winstar_core.transport.pb import sync_pb2 as pb
@@ -341,6 +341,23 @@ def readable_states(types: EntityTypeRegister, events: Iterable[Any]) -> list[pb
     return out
 
 
+def scope_of(etype: type[EntityType], data: Mapping[str, Any]) -> str:
+    """The name scope of an entity of ``etype`` with ``data`` (see ``EntityType.name_scope``)."""
+    try:
+        scope = etype.name_scope(data)
+    except Exception as exc:
+        raise WinstarError(f"{etype.name}.name_scope failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(scope, str) or len(scope) > MAX_SCOPE or text_problem(scope):
+        raise WinstarError(
+            f"{etype.name}.name_scope returned {scope!r}: not a text of at most {MAX_SCOPE} characters"
+        )
+    return scope
+
+
+#: the longest name scope (``entity.name_scope``)
+MAX_SCOPE = 64
+
+
 class EntityStore:
     """Entity look-ups and plain writes, shared by both roles (no outbox here)."""
 
@@ -372,7 +389,15 @@ class EntityStore:
         if not found:
             raise NotFound(f"no {type_name} {ref!r}")
         if len(found) > 1:
-            raise Conflict(f"{type_name} name {ref!r} exists in several tenants: use --tenant or its id")
+            where = "tenants" if found[0].tenant_id != found[1].tenant_id else "scopes"
+            raise Conflict(
+                f"{type_name} name {ref!r} exists in several {where}: use its id"
+                + (
+                    " or --tenant"
+                    if where == "tenants"
+                    else f" ({found[0].name_scope!r}, {found[1].name_scope!r}...)"
+                )
+            )
         return found[0]
 
     def list_entities(self, type_name: str, tenant_id: uuid.UUID | None = None) -> list[Entity]:
@@ -383,14 +408,24 @@ class EntityStore:
         return list(self.session.scalars(stmt.order_by(Entity.name)))
 
     def check_name_free(
-        self, tenant_id: uuid.UUID, type_name: str, name: str, *, but: uuid.UUID | None = None
+        self,
+        tenant_id: uuid.UUID,
+        type_name: str,
+        name: str,
+        scope: str = "",
+        *,
+        but: uuid.UUID | None = None,
     ) -> None:
         stmt = sa.select(Entity.id).where(
-            Entity.tenant_id == tenant_id, Entity.type == type_name, Entity.name == name
+            Entity.tenant_id == tenant_id,
+            Entity.type == type_name,
+            Entity.name_scope == scope,
+            Entity.name == name,
         )
         existing = self.session.scalars(stmt).first()
         if existing is not None and existing != but:
-            raise Conflict(f"a {type_name} named {name!r} already exists in this tenant")
+            within = f" (scope {scope!r})" if scope else ""
+            raise Conflict(f"a {type_name} named {name!r}{within} already exists in this tenant")
 
     def insert(
         self,
@@ -414,8 +449,9 @@ class EntityStore:
         else:
             clean = etype.validate(data)
             etype.check_storable(clean)
+        scope = scope_of(etype, clean)
         if not checked:
-            self.check_name_free(tenant_id, type_name, name)
+            self.check_name_free(tenant_id, type_name, name, scope)
             if entity_id is not None and self.session.get(Entity, entity_id) is not None:
                 raise Conflict(f"an entity with id {entity_id} already exists")
         now = now_ms()
@@ -425,6 +461,7 @@ class EntityStore:
             customer_id=customer_id,
             type=type_name,
             name=name,
+            name_scope=scope,
             data=clean,
             version=1,
             origin_edge_id=origin_edge_id,
@@ -439,18 +476,21 @@ class EntityStore:
     def change(self, entity: Entity, *, name: str | None, data: dict[str, Any] | None) -> bool:
         """Apply an update in place; returns whether anything changed (version bumped)."""
         etype = self.types.get(entity.type)
-        changed = False
+        new_name, new_data = entity.name, entity.data
         if name is not None and name.strip() != entity.name:
-            name = clean_name(name, "an entity")
-            self.check_name_free(entity.tenant_id, entity.type, name, but=entity.id)
-            entity.name = name
-            changed = True
+            new_name = clean_name(name, "an entity")
         if data is not None:
-            merged = etype.merge(entity.data, data)
+            # whatever a plugin's merge returns is validated again: it is stored as is otherwise
+            merged = etype.validate(etype.merge(entity.data, data))
             if merged != entity.data:
                 etype.check_storable(merged)
-                entity.data = merged
-                changed = True
+                new_data = merged
+        scope = scope_of(etype, new_data)
+        changed = new_name != entity.name or new_data is not entity.data
+        if new_name != entity.name or scope != entity.name_scope:
+            self.check_name_free(entity.tenant_id, entity.type, new_name, scope, but=entity.id)
+        if changed or scope != entity.name_scope:
+            entity.name, entity.data, entity.name_scope = new_name, new_data, scope
         if changed:
             entity.version += 1
             entity.updated_time = now_ms()

@@ -41,6 +41,7 @@ from winstar_core.services.common import (
     parse_body,
     parse_uuid,
     peer_uuid,
+    scope_of,
     set_config,
 )
 from winstar_core.store.models import (
@@ -450,18 +451,14 @@ class EdgeService:
 
     def upsert(self, state: pb.EntityState) -> None:
         etype = self.types.get(state.type)
-        if state.schema_version > etype.schema_version:
-            raise WinstarError(
-                f"{state.type} payload has schema version {state.schema_version}, this edge knows "
-                f"{etype.schema_version}: upgrade the plugin on the edge"
-            )
         fields = self._row(state)
         if self.tenant_id is not None and fields["tenant_id"] != self.tenant_id:
             raise PermissionDenied("this edge only holds entities of its own tenant")
         why = name_problem(state.name, f"the {state.type}")
         if why:
             raise WinstarError(why)
-        fields["data"] = etype.deserialize(state.payload)
+        fields["data"] = etype.load_payload(state.payload, state.schema_version)
+        fields["name_scope"] = scope_of(etype, fields["data"])
         entity_id: uuid.UUID = fields["id"]
         del fields["id"]
         batch = self.batch
@@ -486,6 +483,7 @@ class EdgeService:
                 sa.select(Entity).where(
                     Entity.tenant_id == fields["tenant_id"],
                     Entity.type == state.type,
+                    Entity.name_scope == fields["name_scope"],
                     Entity.name == state.name,
                     Entity.id != entity_id,
                 )

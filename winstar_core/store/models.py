@@ -16,7 +16,10 @@ JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
 PENDING = "PENDING"
 DELIVERED = "DELIVERED"
 FAILED = "FAILED"
-EVENT_STATUSES = (PENDING, DELIVERED, FAILED)
+#: not sent: the receiver lacks the event's type or its schema version (``error`` says which); it
+#: is sent, with a new seq, once the receiver announces them (transport/holding.py)
+HELD = "HELD"
+EVENT_STATUSES = (PENDING, DELIVERED, FAILED, HELD)
 
 
 def now_ms() -> int:
@@ -126,12 +129,15 @@ class Edge(Base):
 
 class Entity(Base):
     __tablename__ = "entity"
-    __table_args__ = (sa.UniqueConstraint("tenant_id", "type", "name"),)
+    __table_args__ = (sa.UniqueConstraint("tenant_id", "type", "name_scope", "name"),)
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("tenant.id", ondelete="CASCADE"))
     customer_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
     type: Mapped[str] = mapped_column(sa.String(64))
     name: Mapped[str] = mapped_column(sa.String(255))
+    #: names are unique per tenant, type and scope (``EntityType.name_scope`` of the data: "" for
+    #: most types, the member type for a group)
+    name_scope: Mapped[str] = mapped_column(sa.String(64), default="", server_default="")
     data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     version: Mapped[int] = mapped_column(sa.BigInteger, default=1)
     #: the edge that created this entity (cloud side), if any
@@ -217,6 +223,12 @@ class CloudEvent(Base):
             "entity_id",
             postgresql_where=sa.text("status = 'PENDING'"),
             sqlite_where=sa.text("status = 'PENDING'"),
+        ),
+        sa.Index(
+            "ix_cloud_event_held_entity",
+            "entity_id",
+            postgresql_where=sa.text("status = 'HELD'"),
+            sqlite_where=sa.text("status = 'HELD'"),
         ),
     )
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)

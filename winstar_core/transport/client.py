@@ -30,6 +30,7 @@ from winstar_core.store.outbox import (
     move_past,
 )
 from winstar_core.transport.common import CLIENT_OPTIONS, listen
+from winstar_core.transport.holding import Capabilities, announced, release_held
 from winstar_core.transport.limits import (
     MAX_ANNOUNCED_TYPES,
     MAX_MESSAGE_BYTES,
@@ -146,6 +147,8 @@ class EdgeClient:
         self.poll_interval = 2.0 if node.db.is_postgres else 0.05
         self.connected = asyncio.Event()
         self.sessions = 0
+        #: what the cloud of the current session reads (its Welcome's types and versions)
+        self._caps: Capabilities | None = None
         self._sender: Sender | None = None
 
     # -- state shown by `winstar status` -----------------------------------------------------------
@@ -242,9 +245,18 @@ class EdgeClient:
                     raise
                 raise ProtocolViolation(f"the Welcome's edge configuration: {reason(exc)}") from None
             self._catch_up(edge, welcome.applied_uplink_seq)
+            self._caps = self._capabilities(welcome)
+            released = release_held(edge.session, CloudEvent, self._caps)
+            if released:
+                log.info("the cloud now reads %d held uplink(s): sending them", released)
             set_config(edge.session, "connected", True)
             set_config(edge.session, "last_error", None)
             set_config(edge.session, "link_heartbeat", now_ms())
+
+    def _capabilities(self, welcome: pb.Welcome) -> Capabilities:
+        """What the cloud reads: the types and schema versions its Welcome announced."""
+        local = {t.name: t.schema_version for t in self.node.platform.types}
+        return Capabilities(announced(welcome.entity_types), local, "the cloud")
 
     @staticmethod
     def _catch_up(edge: EdgeService, cloud_mark: int) -> None:
@@ -329,6 +341,7 @@ class EdgeClient:
             max_bytes=limit // 2,
             peer_limit=limit,
             progress=DrainProgress("uplinks to the cloud"),
+            caps=self._caps,
         )
         self._sender = sender
         self.sessions += 1

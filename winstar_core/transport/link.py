@@ -38,6 +38,7 @@ from winstar_core.store.db import Database
 from winstar_core.store.models import (
     DELIVERED,
     FAILED,
+    HELD,
     PENDING,
     CloudEvent,
     EdgeEvent,
@@ -47,6 +48,7 @@ from winstar_core.store.models import (
     now_ms,
 )
 from winstar_core.store.outbox import UPLINK_STREAM, downlink_stream, held_mark
+from winstar_core.transport.holding import Capabilities
 from winstar_core.transport.limits import (
     BATCH_SIZE,
     ENVELOPE_BYTES,
@@ -215,6 +217,22 @@ class OutboxStream:
                     .values(status=DELIVERED, delivered_time=now)
                 )
 
+    def hold(self, held: Sequence[tuple[int, str]]) -> None:
+        """Mark events HELD with their reasons: ``held`` is (seq, reason) pairs."""
+        t = self.model.__table__
+        where = [t.c.edge_id == self.edge_id] if self.edge_id is not None else []
+        with self.db.begin() as s:
+            s.execute(
+                sa.update(t)
+                .where(*where, t.c.seq == sa.bindparam("b_seq"), t.c.status == PENDING)
+                .values(status=HELD, error=sa.bindparam("b_error")),
+                [{"b_seq": seq, "b_error": clean_text(why)} for seq, why in held],
+            )
+
+    def load_held(self, caps: Capabilities) -> None:
+        with self.db.read() as conn:
+            caps.load_held(conn, self.model, self.edge_id)
+
     def pending(self) -> int:
         m = self.model
         with self.db.read() as conn:
@@ -229,7 +247,10 @@ class OutboxStream:
         m = self.model
         with self.db.read() as conn:
             return int(
-                conn.scalar(sa.select(sa.func.max(m.seq)).where(*self._where(), m.status != PENDING)) or 0
+                conn.scalar(
+                    sa.select(sa.func.max(m.seq)).where(*self._where(), m.status.not_in((PENDING, HELD)))
+                )
+                or 0
             )
 
 
@@ -309,6 +330,8 @@ class Sender:
     #: the largest message the peer accepts: an event that cannot fit in one is FAILED, not sent
     peer_limit: int = MAX_MESSAGE_BYTES
     offload: Offload = _to_thread
+    #: what the receiver can read (from its handshake); None: send everything
+    caps: Capabilities | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: the seqs of each batch sent and not yet acknowledged, oldest first
     _in_flight: collections.deque[tuple[int, ...]] = field(default_factory=collections.deque)
@@ -320,6 +343,8 @@ class Sender:
 
     async def run(self) -> None:
         cursor = 0  # everything still PENDING is (re)sent; the receiver's mark drops duplicates
+        if self.caps is not None:
+            await self.offload(self.stream.load_held, self.caps)
         while True:
             self._wake.clear()
             while len(self._in_flight) < self.max_in_flight:
@@ -332,6 +357,7 @@ class Sender:
                     break
                 cursor = events[-1].seq
                 self.progress.sending()
+                events = await self._hold(events)
                 events = await self._refuse_oversize(events)
                 if not events:
                     continue
@@ -340,6 +366,27 @@ class Sender:
                 await self.send(events, last_seq)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+
+    async def _hold(self, events: list[pb.Event]) -> list[pb.Event]:
+        """HOLD the events the receiver cannot read yet (see :mod:`winstar_core.transport.holding`):
+        they are sent by themselves once it announces their type or version."""
+        caps = self.caps
+        if caps is None:
+            return events
+        held = [
+            (e.seq, why)
+            for e in events
+            if (why := caps.why_held(e.seq, e.type, e.action, e.entity_id, e.body)) is not None
+        ]
+        if not held:
+            return events
+        warnings.warning(
+            f"held:{self.stream.counter}",
+            f"{len(held)} event(s) of {self.stream.counter} held, first seq {held[0][0]}: {held[0][1]}",
+        )
+        await self.offload(self.stream.hold, held)
+        seqs = {seq for seq, _ in held}
+        return [e for e in events if e.seq not in seqs]
 
     async def _refuse_oversize(self, events: list[pb.Event]) -> list[pb.Event]:
         """FAIL the events no message to the peer can carry (sending one would break the link,

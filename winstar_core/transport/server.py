@@ -39,6 +39,7 @@ from winstar_core.store.outbox import (
 )
 from winstar_core.transport.common import SERVER_OPTIONS, listen
 from winstar_core.transport.fair import FairExecutor
+from winstar_core.transport.holding import Capabilities, announced, release_held
 from winstar_core.transport.limits import (
     HELLO_MAX_BYTES,
     HELLO_TIMEOUT_S,
@@ -184,8 +185,14 @@ class EdgeSession:
             peer_limit=limit,
             offload=self.offload,
             progress=DrainProgress(f"downlinks to edge {edge_id}"),
+            caps=self._capabilities(),
         )
         self.receiver = uplink_receiver(self.node, edge_id, hello.instance_id or None)
+
+    def _capabilities(self) -> Capabilities:
+        """What the edge reads: the types and schema versions its Hello announced."""
+        local = {t.name: t.schema_version for t in self.node.platform.types}
+        return Capabilities(announced(self.hello.entity_types), local, "the edge")
 
     async def offload(self, fn: Callable[..., T], *args: Any) -> T:
         """This session's database work, in its tenant's turn."""
@@ -223,6 +230,9 @@ class EdgeSession:
             behind = self._catch_up(cloud)
             if isinstance(behind, Refusal):
                 return behind
+            released = release_held(cloud.session, EdgeEvent, self._capabilities(), self.edge_id)
+            if released:
+                log.info("edge %s now reads %d held downlink(s): sending them", self.edge_id, released)
             row = cloud.session.get(StreamMark, self.receiver.stream)
             mark = row.applied_seq if row is not None else 0
             self.sender.progress.what = f"downlinks to edge {edge.name!r}"

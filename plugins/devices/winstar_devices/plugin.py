@@ -1,6 +1,7 @@
-"""The ``device`` entity type: the one type an edge may create locally.
+"""The ``device`` entity type: a type an edge may create locally.
 
-It also carries the CE rule of the brief: a device created on an edge is assigned to that edge.
+The CE rule of the brief (a device created on an edge is assigned to that edge) is the core's
+default rule for every type, so this plugin needs none.
 """
 
 from __future__ import annotations
@@ -64,13 +65,3 @@ class DeviceType(EntityType):
 @hookimpl
 def winstar_register_entity_types(register: EntityTypeRegister) -> None:
     register.add(DeviceType)
-
-
-@hookimpl(trylast=True)
-def winstar_edge_entity_created(cloud: Any, edge: Any, entity: Any, edition: str) -> Any:
-    """CE (and the fallback for any edition no other plugin handles): assign the device to the
-    edge that created it."""
-    if entity.type != DeviceType.name:
-        return None
-    cloud.assign(edge, entity)
-    return "assigned"

@@ -4,8 +4,8 @@ A group's data names the type of its members (``{"entity_type": "device"}``). Me
 by the core's generic container machinery, so assigning a group to an edge assigns its members,
 including members added later.
 
-PE rule: a device created on an edge is added to the group ``[Edge] ${EDGE_NAME} All`` (created
-once), and that group is assigned to the edge.
+PE rule: an entity created on an edge is added to the group ``[Edge] ${EDGE_NAME} All`` of its
+type (one group per edge and member type, created once), and that group is assigned to the edge.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from winstar_core import EntityType, EntityTypeRegister, hookimpl
 from winstar_core.cli.api import current_node, emit, node_options
 from winstar_core.errors import WinstarError
 from winstar_core.node import CLOUD
+from winstar_core.plugin.api import EdgeCreation
 
 GROUP_TYPE = "entity_group"
 
@@ -42,6 +43,12 @@ class EntityGroupType(EntityType):
     container = True
 
     @classmethod
+    def name_scope(cls, data: Any) -> str:
+        """Groups of different member types may share a name (as in PE: ``[Edge] Plant 7 All``
+        exists once per type an edge creates)."""
+        return str(data.get("entity_type") or "")
+
+    @classmethod
     def accepts_member(cls, data: Any, member_type: str) -> bool:
         return bool(data.get("entity_type") == member_type)
 
@@ -57,21 +64,19 @@ def winstar_register_entity_types(register: EntityTypeRegister) -> None:
     register.add(EntityGroupType)
 
 
-@hookimpl
-def winstar_edge_entity_created(cloud: Any, edge: Any, entity: Any, edition: str) -> Any:
-    if edition != "pe":
+@hookimpl(trylast=True)  # a fallback: a third party's own rule runs first and overrides it
+def winstar_edge_entity_created(created: EdgeCreation) -> Any:
+    """PE: an entity created on an edge joins the group ``[Edge] EDGE_NAME All`` of its type
+    (one group per edge and member type, created once), and that group is assigned to the edge."""
+    if created.edition != "pe":
         return None
-    tenant = cloud.find_tenant(edge.tenant_id)
-    name = edge_group_name(edge.name)
-    existing = [g for g in cloud.entities.list_entities(GROUP_TYPE, tenant.id) if g.name == name]
-    if existing:
-        group = existing[0]
-        if group.data.get("entity_type") != entity.type:
-            raise WinstarError(f"group {name!r} holds {group.data.get('entity_type')}, not {entity.type}")
-    else:
-        group = cloud.create_entity(GROUP_TYPE, name, tenant, {"entity_type": entity.type})
-    cloud.add_member(group, entity)
-    cloud.assign(edge, group)
+    member_type = created.entity.type
+    name = edge_group_name(created.edge.name)
+    group = created.find_entity(GROUP_TYPE, name, scope=member_type)
+    if group is None:
+        group = created.create_entity(GROUP_TYPE, name, {"entity_type": member_type})
+    created.add_member(group)
+    created.assign(group)
     return "group"
 
 

@@ -8,7 +8,7 @@ from winstar_core.cli.api import current_node, emit, node_options
 from winstar_core.services.cloud import CloudService, edge_connected
 from winstar_core.services.common import event_json, iso
 from winstar_core.services.instances import event_counts, reset_instance
-from winstar_core.store.models import FAILED, PENDING, Customer, Edge, Role, Tenant, User
+from winstar_core.store.models import FAILED, HELD, PENDING, Customer, Edge, Role, Tenant, User
 
 STATUS = click.Choice(["pending", "delivered", "failed"], case_sensitive=False)
 
@@ -203,11 +203,14 @@ def edge_show(edge_ref: str, tenant_ref: str | None, as_json: bool) -> None:
 
     `instance` is the edge database the cloud serves (null: none yet) and `conflict` a line about
     the last refused box (null if none); see `winstar edge reset-instance`. The sync's counters
-    (added, updated, removed, unchanged, failed, bytes) are not recorded yet and are null.
+    (added, updated, removed, unchanged, bytes) are not recorded yet and are null; `failed` and
+    `held` count the events of the last sync that failed or are held (state "failed": the edge has
+    not converged).
     """
     with current_node().cloud("winstar edge show") as cloud:
         edge = cloud.find_edge(edge_ref, cloud.find_tenant(tenant_ref) if tenant_ref else None)
         counts = event_counts(cloud.session, edge)
+        outcome = cloud.sync_outcome(edge)
         base = edge_json(edge, counts.get(PENDING, 0))
         value = {
             **{k: base[k] for k in ("id", "name", "tenant_id", "customer_id", "connected")},
@@ -217,16 +220,19 @@ def edge_show(edge_ref: str, tenant_ref: str | None, as_json: bool) -> None:
             "last_seen": base["last_seen"],
             "pending": base["pending"],
             "failed": counts.get(FAILED, 0),
+            "held": counts.get(HELD, 0),
             "sync": {
-                "state": "pending" if edge.sync_requested else "done" if edge.last_sync else "none",
+                "state": outcome["state"],
                 "requested": bool(edge.sync_requested),
-                "finished": iso(edge.last_sync),
+                "finished": iso(outcome["finished"]),
                 # not recorded yet
                 "added": None,
                 "updated": None,
                 "removed": None,
                 "unchanged": None,
-                "failed": None,
+                # events of the last sync that failed / are held (the edge has not converged)
+                "failed": outcome["failed"],
+                "held": outcome["held"],
                 "bytes": None,
             },
         }

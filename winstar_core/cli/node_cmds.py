@@ -10,7 +10,7 @@ from winstar_core.cli.api import current_node, emit, node_options
 from winstar_core.node import CLOUD, EDGE
 from winstar_core.services.cloud import edge_connected
 from winstar_core.services.common import LIVENESS_MS, get_config, iso
-from winstar_core.store.models import now_ms
+from winstar_core.store.models import HELD, now_ms
 
 
 @click.group("init")
@@ -90,7 +90,10 @@ def status(as_json: bool) -> None:
             and now_ms() - int(get_config(s, "link_heartbeat", 0) or 0) < LIVENESS_MS,
             "cloud": get_config(s, "cloud"),
             "pending_uplinks": edge.pending_uplinks(),
+            "held_uplinks": edge.pending_uplinks(HELD),
             "last_sync": iso(get_config(s, "last_sync")),
+            # events of that sync this edge refused: not 0, it has not converged (null: unknown)
+            "last_sync_failed": get_config(s, "last_sync_failed"),
             "error": get_config(s, "last_error"),
             "edge_id": get_config(s, "edge_id"),
             "edge_name": get_config(s, "edge_name"),

@@ -52,6 +52,10 @@ from winstar_core.services.common import (
 )
 from winstar_core.services.rules import place_created
 from winstar_core.store.models import (
+    DELIVERED,
+    FAILED,
+    HELD,
+    PENDING,
     Assignment,
     Customer,
     Edge,
@@ -383,7 +387,7 @@ class CloudService:
 
     def retry_failed(self, edge: Edge, seqs: list[int] | None = None) -> list[int]:
         """Send FAILED downlinks of ``edge`` again (all, or those ``seqs``), as new events."""
-        return retry_failed(self.session, EdgeEvent, seqs, edge.id)
+        return retry_failed(self.session, EdgeEvent, seqs, edge.id, self.entities.current_body)
 
     def request_sync(self, edge: Edge) -> None:
         """Sync Edge: the node serving the edge runs it now, or when the edge reconnects."""
@@ -788,6 +792,40 @@ class CloudService:
             self.session.scalar(sa.select(StreamMark.applied_seq).where(StreamMark.stream == stream)) or 0
         )
 
+    def sync_outcome(self, edge: Edge) -> dict[str, Any]:
+        """How the edge's last Sync Edge went, from its events: ``state`` "none" (never synced),
+        "pending" (requested, not queued yet), "running" (queued, its end not delivered), "done"
+        (every event of it delivered) or "failed" (some of its events failed or are held: the
+        edge has not converged); ``finished``: when its end was delivered (ms); ``failed`` and
+        ``held``: how many of its events."""
+        outcome: dict[str, Any] = {"state": "none", "finished": None, "failed": None, "held": None}
+        last = self.session.scalars(
+            sa.select(EdgeEvent)
+            .where(EdgeEvent.edge_id == edge.id, EdgeEvent.type == SYNC_EVENT_TYPE)
+            .order_by(EdgeEvent.seq.desc())
+            .limit(1)
+        ).first()
+        if last is not None:
+            end = pb.SyncEnd.FromString(last.body)
+            first = last.seq - max(int(end.events), 1) + 1
+            counts = dict(
+                self.session.execute(
+                    sa.select(EdgeEvent.status, sa.func.count())
+                    .where(EdgeEvent.edge_id == edge.id, EdgeEvent.seq.between(first, last.seq))
+                    .group_by(EdgeEvent.status)
+                ).all()
+            )
+            failed, held = int(counts.get(FAILED, 0)), int(counts.get(HELD, 0))
+            outcome.update(failed=failed, held=held)
+            if last.status == PENDING:
+                outcome["state"] = "running"
+            else:
+                outcome["state"] = "failed" if failed or held or last.status != DELIVERED else "done"
+                outcome["finished"] = last.delivered_time
+        if edge.sync_requested:
+            outcome["state"] = "pending"
+        return outcome
+
     def sync_in_flight(self, edge: Edge) -> bool:
         """Whether a Sync Edge written earlier has not reached the edge yet (its ``_sync`` end is
         still PENDING): another one would only repeat it, and a peer asking again and again would
@@ -809,7 +847,7 @@ class CloudService:
         """Queue the edge's whole state: its users, every effective entity (dependencies first),
         container memberships, then a ``_sync`` event naming every entity the edge should hold, so
         that it removes the rest. Returns the number of events queued."""
-        before = sum(len(v) for v in self.outbox.downlinks.values())
+        before = len(self.outbox.downlinks.get(edge.id, []))
         # read before the entities: what the cloud applied up to here is in the list below, and the
         # edge keeps what it sent after (its ack may reach the edge before this sync does)
         uplink_mark = self._uplink_mark(edge)
@@ -831,12 +869,18 @@ class CloudService:
         per = common.SYNC_IDS_PER_EVENT
         parts = [ids[i : i + per] for i in range(0, len(ids), per)] or [[]]
         sync_id = str(uuid.uuid4()) if len(parts) > 1 else ""
+        written = len(self.outbox.downlinks.get(edge.id, [])) - before + len(parts)
         for n, part in enumerate(parts):
             end = pb.SyncEnd(
-                entity_ids=part, sync_id=sync_id, part=n, parts=len(parts), uplink_mark=uplink_mark
+                entity_ids=part,
+                sync_id=sync_id,
+                part=n,
+                parts=len(parts),
+                uplink_mark=uplink_mark,
+                events=written,
             ).SerializeToString()
             self.outbox.downlink(edge.id, OutboxEvent(edge.tenant_id, SYNC_EVENT_TYPE, "SYNC", None, end))
         edge.sync_requested = False
-        edge.last_sync = now_ms()
+        edge.last_sync = now_ms()  # when it was queued; its outcome: sync_outcome()
         self.session.flush()
-        return sum(len(v) for v in self.outbox.downlinks.values()) - before
+        return written

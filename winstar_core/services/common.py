@@ -497,6 +497,16 @@ class EntityStore:
             self.session.flush()
         return changed
 
+    def current_body(self, event: Any) -> bytes | None:
+        """For an outbox row about an entity's state (ADDED/UPDATED): the entity's state as it is
+        now, None when the entity no longer exists (or the row is about something else)."""
+        if event.action not in (ADDED, UPDATED) or event.entity_id is None or event.type not in self.types:
+            return None
+        entity = self.session.get(Entity, event.entity_id)
+        if entity is None or entity.type != event.type:
+            return None
+        return entity_state(entity, self.types).SerializeToString()
+
     def members(self, container: Entity) -> list[Entity]:
         stmt = (
             sa.select(Entity)

@@ -45,16 +45,18 @@ from winstar_core.services.common import (
     set_config,
 )
 from winstar_core.store.models import (
+    HELD,
     PENDING,
     CloudEvent,
     Entity,
     EntityMember,
     NodeConfig,
+    StreamFailure,
     Tenant,
     User,
     now_ms,
 )
-from winstar_core.store.outbox import MAX_SEQ, Outbox, OutboxEvent, retry_failed
+from winstar_core.store.outbox import DOWNLINK_MARK_STREAM, MAX_SEQ, Outbox, OutboxEvent, retry_failed
 from winstar_core.transport.pb import sync_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -329,12 +331,13 @@ class EdgeService:
 
     def retry_failed(self, seqs: list[int] | None = None) -> list[int]:
         """Send FAILED uplinks again (all, or those ``seqs``), as new events."""
-        return retry_failed(self.session, CloudEvent, seqs)
+        return retry_failed(self.session, CloudEvent, seqs, refresh=self.entities.current_body)
 
-    def pending_uplinks(self) -> int:
+    def pending_uplinks(self, status: str = PENDING) -> int:
+        """How many uplinks are in ``status`` (PENDING: not delivered yet)."""
         return int(
             self.session.scalar(
-                sa.select(sa.func.count()).select_from(CloudEvent).where(CloudEvent.status == "PENDING")
+                sa.select(sa.func.count()).select_from(CloudEvent).where(CloudEvent.status == status)
             )
             or 0
         )
@@ -361,7 +364,7 @@ class EdgeService:
             self.apply_config(parse_body(pb.EdgeConfig, event.body))
             return
         if event.type == SYNC_EVENT_TYPE:
-            self.apply_sync_end(parse_body(pb.SyncEnd, event.body))
+            self.apply_sync_end(parse_body(pb.SyncEnd, event.body), event.seq)
             return
         if event.type not in self.types:
             raise WinstarError(f"this edge has no plugin for entity type {shown(event.type)}")
@@ -416,7 +419,7 @@ class EdgeService:
             self._hold(chunk)
             stmt = (
                 sa.select(CloudEvent.entity_id, sa.func.min(CloudEvent.seq))
-                .where(CloudEvent.status == PENDING, CloudEvent.entity_id.in_(chunk))
+                .where(CloudEvent.status.in_((PENDING, HELD)), CloudEvent.entity_id.in_(chunk))
                 .group_by(CloudEvent.entity_id)
             )
             out.update({eid: int(seq) for eid, seq in self.session.execute(stmt) if eid is not None})
@@ -435,7 +438,7 @@ class EdgeService:
         # pending, or not known: ask (an ack may have landed since the batch began)
         seq = self.session.scalars(
             sa.select(CloudEvent.seq)
-            .where(CloudEvent.status == PENDING, CloudEvent.entity_id == entity_id)
+            .where(CloudEvent.status.in_((PENDING, HELD)), CloudEvent.entity_id == entity_id)
             .order_by(CloudEvent.seq)
             .limit(1)
         ).first()
@@ -531,7 +534,7 @@ class EdgeService:
             rows, self._new = list(self._new.values()), {}
             self.session.execute(sa.insert(Entity), rows)
 
-    def apply_sync_end(self, end: pb.SyncEnd) -> None:
+    def apply_sync_end(self, end: pb.SyncEnd, seq: int = 0) -> None:
         """End of a full sync: remove what the edge should no longer have. Keeps this edge's own
         entities whose creation the cloud has not acknowledged yet. A list in parts is kept (in
         ``node_config``) until its last part; with a part missing nothing is removed. A part that
@@ -576,7 +579,10 @@ class EdgeService:
         unacked = set(
             self.session.scalars(
                 sa.select(CloudEvent.entity_id).where(
-                    sa.or_(CloudEvent.status == PENDING, CloudEvent.seq > min(end.uplink_mark, MAX_SEQ)),
+                    sa.or_(
+                        CloudEvent.status.in_((PENDING, HELD)),
+                        CloudEvent.seq > min(end.uplink_mark, MAX_SEQ),
+                    ),
                     CloudEvent.entity_id.is_not(None),
                 )
             )
@@ -590,3 +596,19 @@ class EdgeService:
             )
             self.session.execute(sa.delete(Entity).where(Entity.id.in_(chunk)))
         set_config(self.session, "last_sync", now_ms())
+        set_config(self.session, "last_sync_failed", self._sync_failures(end, seq))
+
+    def _sync_failures(self, end: pb.SyncEnd, seq: int) -> int | None:
+        """How many events of the sync ending at ``seq`` this edge refused (None: the cloud did
+        not say how many events the sync wrote). Not zero: the edge has not converged."""
+        if not end.events or not seq:
+            return None
+        first = max(seq - int(end.events) + 1, 1)
+        return int(
+            self.session.scalar(
+                sa.select(sa.func.count())
+                .select_from(StreamFailure)
+                .where(StreamFailure.stream == DOWNLINK_MARK_STREAM, StreamFailure.seq.between(first, seq))
+            )
+            or 0
+        )

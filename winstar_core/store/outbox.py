@@ -10,6 +10,7 @@ has seen seq N can never later find a newly committed seq below N (DESIGN.md inv
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,12 +239,18 @@ def move_past(session: Session, model: Any, peer_mark: int, edge_id: uuid.UUID |
 
 
 def retry_failed(
-    session: Session, model: Any, seqs: list[int] | None, edge_id: uuid.UUID | None = None
+    session: Session,
+    model: Any,
+    seqs: list[int] | None,
+    edge_id: uuid.UUID | None = None,
+    refresh: Callable[[Any], bytes | None] | None = None,
 ) -> list[int]:
     """Queue FAILED events again, as new events at the end of their stream (new seqs), each at
     most once: the failed rows stay, with ``retried_as`` (and their error) naming the seq of their
-    copy, and are not retried again (a copy that fails in turn is retried as itself). Returns the
-    new seqs."""
+    copy, and are not retried again (a copy that fails in turn is retried as itself).
+    ``refresh(row)``: the body to send instead of the stored one (the entity's current state,
+    read again: a retry after a plugin upgrade sends what the entity is now), None to keep it.
+    Returns the new seqs."""
     where = [model.status == "FAILED", model.retried_as.is_(None)]
     if edge_id is not None:
         where.append(model.edge_id == edge_id)
@@ -262,10 +269,17 @@ def retry_failed(
         return []
     stream = downlink_stream(edge_id) if edge_id is not None else UPLINK_STREAM
     first = allocate(session, stream, len(failed))
-    again = [OutboxEvent(old.tenant_id, old.type, old.action, old.entity_id, old.body) for old in failed]
+    again = [
+        OutboxEvent(old.tenant_id, old.type, old.action, old.entity_id, _body(old, refresh)) for old in failed
+    ]
     session.execute(sa.insert(model), _rows(first, now_ms(), again, edge_id))
     for i, old in enumerate(failed):
         old.retried_as = first + i
         old.error = f"{old.error} (retried as seq {first + i})"
     notify_senders(session, [edge_id] if edge_id is not None else [], edge_id is None)
     return [first + i for i in range(len(failed))]
+
+
+def _body(row: Any, refresh: Callable[[Any], bytes | None] | None) -> bytes:
+    fresh = refresh(row) if refresh is not None else None
+    return bytes(row.body or b"") if fresh is None else fresh

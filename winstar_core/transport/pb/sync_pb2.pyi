@@ -77,18 +77,20 @@ class UserInfo(_message.Message):
     def __init__(self, id: _Optional[str] = ..., email: _Optional[str] = ..., authority: _Optional[str] = ..., customer_id: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ..., tenant_id: _Optional[str] = ...) -> None: ...
 
 class SyncEnd(_message.Message):
-    __slots__ = ("entity_ids", "sync_id", "part", "parts", "uplink_mark")
+    __slots__ = ("entity_ids", "sync_id", "part", "parts", "uplink_mark", "events")
     ENTITY_IDS_FIELD_NUMBER: _ClassVar[int]
     SYNC_ID_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
     UPLINK_MARK_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     entity_ids: _containers.RepeatedScalarFieldContainer[str]
     sync_id: str
     part: int
     parts: int
     uplink_mark: int
-    def __init__(self, entity_ids: _Optional[_Iterable[str]] = ..., sync_id: _Optional[str] = ..., part: _Optional[int] = ..., parts: _Optional[int] = ..., uplink_mark: _Optional[int] = ...) -> None: ...
+    events: int
+    def __init__(self, entity_ids: _Optional[_Iterable[str]] = ..., sync_id: _Optional[str] = ..., part: _Optional[int] = ..., parts: _Optional[int] = ..., uplink_mark: _Optional[int] = ..., events: _Optional[int] = ...) -> None: ...
 
 class EdgeConfig(_message.Message):
     __slots__ = ("edge_id", "name", "tenant_id", "tenant_name", "customer_id", "edition")

@@ -171,9 +171,10 @@ def _ce_story(folder: Path, runner: LinkRunner) -> None:
     say("Cut the link (the cloud goes away); the edge keeps working and queues its changes")
     runner.stop_cloud(scene.server, grace=0.2)
     wait_for(lambda: not link.client.connected.is_set())
-    for i in (2, 3, 4) if made is not None else ():
-        with edge.edge() as e:
-            e.create_entity(made, f"Thermometer {i}", None, user_email="admin@acme.io")
+    for i in (2, 3, 4):
+        if made is not None:
+            with edge.edge() as e:
+                e.create_entity(made, f"Thermometer {i}", None, user_email="admin@acme.io")
     with edge.edge() as e:
         err = get_config(e.session, "last_error")
         click.echo(f"edge status: connected=no, error: {err}")

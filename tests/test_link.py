@@ -124,7 +124,7 @@ def test_a_batch_delivered_twice_takes_effect_once(make_platform, sqlite_url, tm
     edge.close()
 
 
-def test_edge_without_a_plugin_fails_the_event_and_goes_on(
+def test_edge_without_a_plugin_gets_the_event_held_then_delivered_once_installed(
     cloud_node, tmp_path, platform, make_platform, link_runner
 ):
     # the cloud knows `counted`; the edge does not (its plugin is not installed there)
@@ -144,20 +144,20 @@ def test_edge_without_a_plugin_fails_the_event_and_goes_on(
         with cloud.db.read() as conn:
             return dict(conn.execute(sa.select(EdgeEvent.type, EdgeEvent.status)).all())
 
-    wait_until(lambda: statuses() == {"counted": "FAILED", "asset": "DELIVERED"})
+    # held by the cloud (not sent for a certain failure), and nothing behind it waits
+    wait_until(lambda: statuses() == {"counted": "HELD", "asset": "DELIVERED"})
     with cloud.db.read() as conn:
         err = conn.scalar(sa.select(EdgeEvent.error).where(EdgeEvent.type == "counted"))
-    assert "no plugin for entity type 'counted'" in err
+    assert "the edge has no plugin for entity type 'counted'" in err
+    with cloud.cloud() as c:
+        assert c.retry_failed(c.find_edge("e")) == []  # nothing failed: nothing to retry
     link_runner.stop_edge(handle)
     edge_node.close()
 
-    # the plugin is installed on the edge; the user retries the failed event
+    # the plugin is installed on the edge, which reconnects: the held event goes by itself
     upgraded = Node(f"sqlite:///{tmp_path / 'e.db'}", platform=make_platform(CountedPlugin()))
     handle = link_runner.start_edge(upgraded)
-    with cloud.cloud() as c:
-        assert len(c.retry_failed(c.find_edge("e"))) == 1
-        assert c.retry_failed(c.find_edge("e")) == []  # each failed event is sent again once
-    wait_until(lambda: "x" in _edge_names(upgraded), what="the retried event applied")
+    wait_until(lambda: "x" in _edge_names(upgraded), what="the held event applied")
 
     def counted_rows():
         with cloud.db.read() as conn:
@@ -165,7 +165,8 @@ def test_edge_without_a_plugin_fails_the_event_and_goes_on(
                 sa.select(EdgeEvent.seq, EdgeEvent.status).where(EdgeEvent.type == "counted")
             ).all()
 
-    wait_until(lambda: [s for _, s in counted_rows()] == ["FAILED", "DELIVERED"], what="retry delivered")
+    wait_until(lambda: [s for _, s in counted_rows()] == ["DELIVERED"], what="the released event acked")
+    assert counted_rows()[0][0] == 3  # released with a new seq, past the edge's mark
     link_runner.stop_edge(handle)
     link_runner.stop_cloud(server, 0.2)
     upgraded.close()

@@ -30,7 +30,7 @@ from winstar_core.store.outbox import (
     move_past,
 )
 from winstar_core.transport.common import CLIENT_OPTIONS, listen
-from winstar_core.transport.holding import Capabilities, announced, release_held
+from winstar_core.transport.holding import Capabilities, capabilities, release_held
 from winstar_core.transport.limits import (
     MAX_ANNOUNCED_TYPES,
     MAX_MESSAGE_BYTES,
@@ -246,17 +246,17 @@ class EdgeClient:
                 raise ProtocolViolation(f"the Welcome's edge configuration: {reason(exc)}") from None
             self._catch_up(edge, welcome.applied_uplink_seq)
             self._caps = self._capabilities(welcome)
-            released = release_held(edge.session, CloudEvent, self._caps)
+            released = release_held(edge.session, CloudEvent, self._caps) if self._caps else 0
             if released:
                 log.info("the cloud now reads %d held uplink(s): sending them", released)
             set_config(edge.session, "connected", True)
             set_config(edge.session, "last_error", None)
             set_config(edge.session, "link_heartbeat", now_ms())
 
-    def _capabilities(self, welcome: pb.Welcome) -> Capabilities:
-        """What the cloud reads: the types and schema versions its Welcome announced."""
-        local = {t.name: t.schema_version for t in self.node.platform.types}
-        return Capabilities(announced(welcome.entity_types), local, "the cloud")
+    def _capabilities(self, welcome: pb.Welcome) -> Capabilities | None:
+        """What the cloud reads: the types and schema versions its Welcome announced (None: it
+        announced none, and is sent everything)."""
+        return capabilities(welcome.entity_types, self.node.platform.types, "the cloud")
 
     @staticmethod
     def _catch_up(edge: EdgeService, cloud_mark: int) -> None:

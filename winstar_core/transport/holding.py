@@ -13,7 +13,7 @@ their order, to the end of the stream, with the pending events of the same entit
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from google.protobuf.message import DecodeError
 from sqlalchemy.orm import Session
 
+from winstar_core.entity_types import EntityType
 from winstar_core.store.models import HELD, PENDING
 from winstar_core.store.outbox import UPLINK_STREAM, allocate, downlink_stream
 from winstar_core.transport.pb import sync_pb2 as pb
@@ -36,6 +37,17 @@ def announced(infos: Iterable[pb.EntityTypeInfo]) -> dict[str, int]:
     for info in infos:
         out[info.type] = max(out.get(info.type, 0), int(info.schema_version))
     return out
+
+
+def capabilities(
+    infos: Sequence[pb.EntityTypeInfo], types: Iterable[type[EntityType]], who: str
+) -> Capabilities | None:
+    """The :class:`Capabilities` of a peer that announced ``infos``, for a sender whose plugins
+    register ``types``; None when the peer announced no type at all (it is sent everything, and
+    refuses what it cannot read: a peer that says nothing is not taken to read nothing)."""
+    if not infos:
+        return None
+    return Capabilities(announced(infos), {t.name: t.schema_version for t in types}, who)
 
 
 def _state_version(body: bytes) -> int:

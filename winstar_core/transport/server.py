@@ -39,7 +39,7 @@ from winstar_core.store.outbox import (
 )
 from winstar_core.transport.common import SERVER_OPTIONS, listen
 from winstar_core.transport.fair import FairExecutor
-from winstar_core.transport.holding import Capabilities, announced, release_held
+from winstar_core.transport.holding import Capabilities, capabilities, release_held
 from winstar_core.transport.limits import (
     HELLO_MAX_BYTES,
     HELLO_TIMEOUT_S,
@@ -189,10 +189,10 @@ class EdgeSession:
         )
         self.receiver = uplink_receiver(self.node, edge_id, hello.instance_id or None)
 
-    def _capabilities(self) -> Capabilities:
-        """What the edge reads: the types and schema versions its Hello announced."""
-        local = {t.name: t.schema_version for t in self.node.platform.types}
-        return Capabilities(announced(self.hello.entity_types), local, "the edge")
+    def _capabilities(self) -> Capabilities | None:
+        """What the edge reads: the types and schema versions its Hello announced (None: it
+        announced none, and is sent everything)."""
+        return capabilities(self.hello.entity_types, self.node.platform.types, "the edge")
 
     async def offload(self, fn: Callable[..., T], *args: Any) -> T:
         """This session's database work, in its tenant's turn."""
@@ -230,7 +230,8 @@ class EdgeSession:
             behind = self._catch_up(cloud)
             if isinstance(behind, Refusal):
                 return behind
-            released = release_held(cloud.session, EdgeEvent, self._capabilities(), self.edge_id)
+            caps = self._capabilities()
+            released = release_held(cloud.session, EdgeEvent, caps, self.edge_id) if caps else 0
             if released:
                 log.info("edge %s now reads %d held downlink(s): sending them", self.edge_id, released)
             row = cloud.session.get(StreamMark, self.receiver.stream)

@@ -331,3 +331,71 @@ def test_an_entity_no_rule_claims_stays_on_its_edge_after_sync(
 def cloud_sync_state(cloud: Node) -> str:
     with cloud.cloud() as c:
         return str(c.sync_outcome(c.find_edge("edge"))["state"])
+
+
+# -- what a peer's schema version and a plugin's upgrade can do wrong --------------------------------
+
+
+class Brittle(GaugeV2):
+    @classmethod
+    def upgrade(cls, data: dict[str, Any], from_version: int) -> Any:
+        if data.get("unit") == "boom":
+            raise KeyError("unit")
+        if data.get("unit") == "list":
+            return ["not", "an", "object"]
+        if data.get("unit") == "nan":
+            return {"unit_name": float("nan")}
+        return {"unit_name": data.get("unit", "C")}
+
+
+@pytest.mark.parametrize(
+    ("payload", "version", "message"),
+    [
+        (b'{"unit_name": "K"}', 3, "schema version 3; this side's plugin knows version 2"),
+        (b'{"unit_name": "K"}', 2**32 - 1, "schema version 4294967295"),
+        (b'{"unit": "boom"}', 1, "could not be upgraded to 2: KeyError"),
+        (b'{"unit": "list"}', 1, "upgrade returned list, not an object"),
+        (b'{"unit": "nan"}', 1, "a number JSON cannot write"),
+        (b'{"unit": "K", "extra": 1}', 1, None),  # upgrade drops it: valid
+        (b'{"unit": 5}', 1, "invalid gauge data"),  # upgraded, then validated
+        (b"\xff", 1, "not UTF-8"),
+    ],
+)
+def test_a_peers_version_and_a_broken_upgrade_are_refusals(payload, version, message):
+    from winstar_core.errors import InvalidData
+
+    if message is None:
+        assert Brittle.load_payload(payload, version) == {"unit_name": "K"}
+        return
+    with pytest.raises(InvalidData, match=message.replace("(", r"\(")):
+        Brittle.load_payload(payload, version)
+
+
+def test_the_current_version_and_version_0_skip_upgrade():
+    assert Brittle.load_payload(b'{"unit_name": "K"}', 2) == {"unit_name": "K"}
+    assert Brittle.load_payload(b'{"unit_name": "K"}', 0) == {"unit_name": "K"}  # not said
+
+
+def test_a_merge_that_builds_invalid_data_is_refused_not_stored(make_platform, cloud_node):
+    class Sloppy(EntityType):
+        name = "sloppy"
+        schema = GaugeV2Schema
+
+        @classmethod
+        def merge(cls, current: Any, changes: Any) -> dict[str, Any]:
+            return {**current, **changes, "junk": True}  # does not validate
+
+    plugin = types.SimpleNamespace(
+        __name__="sloppy",
+        winstar_register_entity_types=hookimpl(lambda register: register.add(Sloppy)),
+    )
+    node = Node(cloud_node.url, platform=make_platform(plugin))
+    from winstar_core.errors import InvalidData
+
+    with node.cloud() as c:
+        e = c.create_entity("sloppy", "s", c.create_tenant("Acme"), {"unit_name": "K"})
+    with pytest.raises(InvalidData, match="junk"), node.cloud() as c:
+        c.update_entity(c.entities.find_entity("sloppy", "s"), data={"unit_name": "F"})
+    assert _entity(node, "s").data == {"unit_name": "K"}
+    assert e.name == "s"
+    node.close()

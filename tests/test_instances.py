@@ -342,6 +342,7 @@ def test_edge_show_and_reset_instance(cloud_db):
         "last_seen": None,
         "pending": 0,
         "failed": 0,
+        "held": 0,
         "sync": {
             "state": "none",
             "requested": False,
@@ -351,6 +352,7 @@ def test_edge_show_and_reset_instance(cloud_db):
             "removed": None,
             "unchanged": None,
             "failed": None,
+            "held": None,
             "bytes": None,
         },
     }
@@ -373,10 +375,32 @@ def test_edge_show_and_reset_instance(cloud_db):
     assert (shown["instance"], shown["pending"], shown["failed"]) == (BOX_A, 1, 1)
     assert shown["conflict"].startswith(f"box {BOX_B} refused at ")
     assert (shown["sync"]["state"], shown["sync"]["requested"]) == ("pending", True)
-    with node.db.begin() as s:
-        s.execute(sa.update(Edge).values(sync_requested=False, last_sync=1_700_000_000_000))
+    with node.cloud() as c:  # the serving node runs it: its events, then its end
+        assert c.run_sync(c.find_edge("Plant 7")) == 3  # 2 dashboards (no user yet), its end
     sync = winstar(cloud_db, "edge", "show", "Plant 7", "--json")["sync"]
-    assert (sync["state"], sync["finished"]) == ("done", "2023-11-14T22:13:20.000Z")
+    assert (sync["state"], sync["requested"], sync["finished"]) == ("running", False, None)
+    with node.db.begin() as s:  # the edge acknowledged the whole sync
+        s.execute(
+            sa.update(EdgeEvent)
+            .where(EdgeEvent.edge_id == edge_id, EdgeEvent.status == "PENDING")
+            .values(status="DELIVERED", delivered_time=1_700_000_000_000)
+        )
+    sync = winstar(cloud_db, "edge", "show", "Plant 7", "--json")["sync"]
+    assert (sync["state"], sync["finished"], sync["failed"], sync["held"]) == (
+        "done",
+        "2023-11-14T22:13:20.000Z",
+        0,
+        0,
+    )
+    with node.db.begin() as s:  # one event of the sync had failed: the edge has not converged
+        last = s.scalar(sa.select(sa.func.max(EdgeEvent.seq)).where(EdgeEvent.edge_id == edge_id))
+        s.execute(
+            sa.update(EdgeEvent)
+            .where(EdgeEvent.edge_id == edge_id, EdgeEvent.seq == last - 1)
+            .values(status="FAILED", error="refused")
+        )
+    sync = winstar(cloud_db, "edge", "show", "Plant 7", "--json")["sync"]
+    assert (sync["state"], sync["failed"]) == ("failed", 1)
 
     assert winstar(cloud_db, "edge", "reset-instance", "Plant 7", "--json") == {
         "edge_id": edge["id"],

@@ -17,11 +17,31 @@ def test_asset_type(platform):
         asset.validate({"label": 12})
 
 
-def test_asset_assigned_to_edge_is_queued(cloud_node):
-    with cloud_node.cloud() as c:
-        t = c.create_tenant("Acme")
-        edge, _ = c.create_edge("e", t)
-        c.assign(edge, c.create_entity("asset", "Building", t, {"label": "B"}))
-    with cloud_node.cloud() as c:
-        downs = c.downlinks(c.find_edge("e"))
-        assert [(d.type, d.action, d.status) for d in downs] == [("asset", "ADDED", "PENDING")]
+def test_asset_assigned_to_edge_is_queued_then_delivered(kit, cloud_node):
+    kit.tenant(cloud_node, "Acme")
+    edge = kit.edge(cloud_node, "e")
+    asset = kit.create(cloud_node, "asset", "Building", {"label": "B"})
+    kit.assign(cloud_node, edge, "asset", asset)
+
+    downs = kit.downlinks(cloud_node, edge)
+    assert [(d.type, d.action, d.status) for d in downs] == [("asset", "ADDED", "pending")]
+
+    box = kit.edge_node(cloud_node, edge)
+    assert kit.deliver_downlinks(cloud_node, box).ok
+    assert kit.show(box, "asset", "Building").data == asset.data
+    assert [d.status for d in kit.downlinks(cloud_node, edge)] == ["delivered"]
+
+
+def test_an_edge_may_not_create_an_asset(kit, cloud_node):
+    kit.tenant(cloud_node, "Acme")
+    kit.user(cloud_node, "a@acme.io")
+    edge = kit.edge(cloud_node, "e")
+    box = kit.edge_node(cloud_node, edge)
+
+    refused = kit.cli(box, "entity", "create", "asset", "A", "--user", "a@acme.io", ok=False)
+    assert "cannot be created on an edge" in refused.stderr
+
+    # nor make the cloud take one: a forged uplink is refused with the reason
+    delivery = kit.apply_uplinks(cloud_node, edge, [kit.events(edge).added("asset", "A", {})])
+    assert delivery.errors == ["entities of type asset cannot be created or changed on an edge"]
+    assert kit.entities(cloud_node, "asset") == []

@@ -24,22 +24,41 @@ def test_device_type_rules(platform):
     assert device.deserialize(device.serialize(given)) == given
 
 
-def test_ce_rule_assigns_an_edge_created_device(cloud_node, edge_node, seed_edge):
-    from winstar_core.transport.pb import sync_pb2 as pb
+def test_ce_rule_assigns_an_edge_created_device(kit, cloud_node):
+    kit.tenant(cloud_node, "Acme")
+    admin = kit.user(cloud_node, "a@acme.io")
+    edge = kit.edge(cloud_node, "e")
+    box = kit.edge_node(cloud_node, edge)
+    dev = kit.create(box, "device", "d", {"label": "pump"}, user=admin)
 
-    with cloud_node.cloud() as c:
-        t = c.create_tenant("Acme")
-        edge, _ = c.create_edge("e", t)
-        c.create_user("a@acme.io", t, "TENANT_ADMIN")
-    seed_edge(cloud_node, edge_node, "e")
-    with edge_node.edge() as e:
-        dev = e.create_entity("device", "d", None, user_email="a@acme.io")
-    with edge_node.edge() as e:
-        row = e.uplinks()[0]
-        ev = pb.Event(
-            seq=row.seq, type=row.type, action=row.action, entity_id=str(row.entity_id), body=row.body
-        )
-    with cloud_node.cloud() as c:
-        c.apply_uplink(c.find_edge("e"), ev)
-    with cloud_node.cloud() as c:
-        assert [x.id for x in c.effective_entities(c.find_edge("e"))] == [dev.id]
+    delivery = kit.deliver_uplinks(box, cloud_node)
+
+    assert [(v.type, v.action, v.ok) for v in delivery.verdicts] == [("device", "ADDED", True)]
+    assert [x.id for x in kit.edge_entities(cloud_node, edge)] == [dev.id]
+    assert kit.show(cloud_node, "device", dev).data == dev.data  # the token travelled too
+    assert kit.downlinks(cloud_node, edge) == []  # the edge has it already: nothing echoed
+    assert [u.status for u in kit.uplinks(box)] == ["delivered"]
+
+
+def test_a_customer_user_may_not_create_a_device_on_a_ce_edge(kit, cloud_node):
+    kit.tenant(cloud_node, "Acme")
+    kit.user(cloud_node, "u@acme.io", authority="CUSTOMER_USER", customer=kit.customer(cloud_node, "C"))
+    box = kit.edge_node(cloud_node, kit.edge(cloud_node, "e"))
+
+    refused = kit.cli(box, "entity", "create", "device", "d", "--user", "u@acme.io", ok=False)
+
+    assert refused.exit_code == 1 and "tenant administrator" in refused.stderr
+    assert kit.uplinks(box) == []
+
+
+def test_an_edge_cannot_take_a_device_of_another_tenant(kit, cloud_node):
+    kit.tenant(cloud_node, "Acme")
+    edge = kit.edge(cloud_node, "e", "Acme")
+    other = kit.tenant(cloud_node, "Other")
+    forged = kit.events(edge)
+    forged.tenant_id = other.id  # a hostile edge claims another tenant's device
+
+    delivery = kit.apply_uplinks(cloud_node, edge, [forged.added("device", "stolen", {})])
+
+    assert not delivery.ok and "own tenant" in delivery.errors[0]
+    assert kit.entities(cloud_node, "device") == []

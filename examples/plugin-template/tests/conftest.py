@@ -1,0 +1,1 @@
+pytest_plugins = ["winstar_core.testing"]

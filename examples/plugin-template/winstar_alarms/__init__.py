@@ -1,0 +1,1 @@
+"""Winstar Edge plugin template: the ``alarm_rule`` entity type."""

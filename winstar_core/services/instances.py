@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from winstar_core.services.common import iso
+from winstar_core.services.views import iso
 from winstar_core.store.models import Edge, EdgeEvent, StreamFailure, StreamMark, now_ms
 from winstar_core.store.outbox import uplink_mark_stream, uplink_mark_stream_for
 

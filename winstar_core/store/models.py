@@ -176,22 +176,15 @@ class EntityMember(Base):
     member: Mapped[Entity] = relationship(foreign_keys=[member_id], lazy="raise")
 
 
-class EdgeEvent(Base):
-    """Cloud side outbox: one row per edge per change, in that edge's stream order (``seq``)."""
+class OutboxColumns:
+    """The columns both outboxes declare (``edge_event`` on the cloud, ``cloud_event`` on an edge):
+    one row per event of a stream, in stream order (``seq``), with its delivery state. Each table
+    adds its own columns and indexes.
 
-    __tablename__ = "edge_event"
-    __table_args__ = (
-        sa.UniqueConstraint("edge_id", "seq"),
-        sa.Index(
-            "ix_edge_event_pending",
-            "edge_id",
-            "seq",
-            postgresql_where=sa.text("status = 'PENDING'"),
-            sqlite_where=sa.text("status = 'PENDING'"),
-        ),
-    )
-    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
-    edge_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("edge.id", ondelete="CASCADE"))
+    A table's own columns come before a mixin's in its ``CREATE TABLE``; ``id`` sorts first, so the
+    order stays the migrations' (``id``, then ``edge_id`` or the unique ``seq``, then the rest)."""
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4, sort_order=-1)
     seq: Mapped[int] = mapped_column(sa.BigInteger)
     created_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
     tenant_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
@@ -206,7 +199,25 @@ class EdgeEvent(Base):
     retried_as: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
 
 
-class CloudEvent(Base):
+class EdgeEvent(OutboxColumns, Base):
+    """Cloud side outbox: one row per edge per change, in that edge's stream order (``seq``)."""
+
+    __tablename__ = "edge_event"
+    __table_args__ = (
+        sa.UniqueConstraint("edge_id", "seq"),
+        sa.Index(
+            "ix_edge_event_pending",
+            "edge_id",
+            "seq",
+            postgresql_where=sa.text("status = 'PENDING'"),
+            sqlite_where=sa.text("status = 'PENDING'"),
+        ),
+    )
+    #: the edge whose stream the event is in
+    edge_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("edge.id", ondelete="CASCADE"))
+
+
+class CloudEvent(OutboxColumns, Base):
     """Edge side outbox: one row per change pushed to the cloud, in stream order (``seq``)."""
 
     __tablename__ = "cloud_event"
@@ -231,19 +242,8 @@ class CloudEvent(Base):
             sqlite_where=sa.text("status = 'HELD'"),
         ),
     )
-    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    #: the edge has one stream: a seq is unique in the table
     seq: Mapped[int] = mapped_column(sa.BigInteger, unique=True)
-    created_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
-    type: Mapped[str] = mapped_column(sa.String(64))
-    action: Mapped[str] = mapped_column(sa.String(32))
-    entity_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
-    body: Mapped[bytes] = mapped_column(sa.LargeBinary, default=b"")
-    status: Mapped[str] = mapped_column(sa.String(16), default=PENDING)
-    delivered_time: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
-    error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
-    #: for a FAILED event sent again: the seq of its copy (an event is retried at most once)
-    retried_as: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
 
 
 class StreamCounter(Base):

@@ -1,0 +1,226 @@
+"""Entities as both roles store them: :class:`EntityStore` (look-ups and plain writes, no
+outbox), an entity's name scope, and its state as sent to a peer (``EntityState``)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from winstar_core.entity_types import EntityType, EntityTypeRegister, text_problem
+from winstar_core.errors import Conflict, NotFound, WinstarError
+from winstar_core.services.constants import ADDED, MAX_SCOPE, UPDATED
+from winstar_core.services.ids import chunks, parse_uuid
+from winstar_core.services.names import clean_name
+from winstar_core.store.models import Entity, EntityMember, Tenant, now_ms
+from winstar_core.transport.pb import sync_pb2 as pb
+
+
+def entity_state(entity: Entity, types: EntityTypeRegister) -> pb.EntityState:
+    """The entity as a peer receives it (its data serialized by its type)."""
+    etype = types.get(entity.type)
+    return pb.EntityState(
+        id=str(entity.id),
+        type=entity.type,
+        name=entity.name,
+        tenant_id=str(entity.tenant_id),
+        customer_id=str(entity.customer_id) if entity.customer_id else "",
+        version=entity.version,
+        schema_version=etype.schema_version,
+        payload=etype.serialize(entity.data),
+        origin_edge_id=str(entity.origin_edge_id) if entity.origin_edge_id else "",
+    )
+
+
+def scope_of(etype: type[EntityType], data: Mapping[str, Any]) -> str:
+    """The name scope of an entity of ``etype`` with ``data`` (see ``EntityType.name_scope``)."""
+    try:
+        scope = etype.name_scope(data)
+    except Exception as exc:
+        raise WinstarError(f"{etype.name}.name_scope failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(scope, str) or len(scope) > MAX_SCOPE or text_problem(scope):
+        raise WinstarError(
+            f"{etype.name}.name_scope returned {scope!r}: not a text of at most {MAX_SCOPE} characters"
+        )
+    return scope
+
+
+class EntityStore:
+    """Entity look-ups and plain writes, shared by both roles (no outbox here)."""
+
+    def __init__(self, session: Session, types: EntityTypeRegister) -> None:
+        self.session = session
+        self.types = types
+
+    def find_tenant(self, ref: str | uuid.UUID) -> Tenant:
+        """The tenant with id or name ``ref``; :class:`NotFound` if none."""
+        uid = parse_uuid(ref)
+        if uid is not None:
+            tenant = self.session.get(Tenant, uid)  # from the identity map when already loaded
+        else:
+            tenant = self.session.scalars(sa.select(Tenant).where(Tenant.name == str(ref))).first()
+        if tenant is None:
+            raise NotFound(f"no tenant {ref!r}")
+        return tenant
+
+    def find_entity(self, type_name: str, ref: str | uuid.UUID, tenant_id: uuid.UUID | None = None) -> Entity:
+        """The ``type_name`` entity with id or name ``ref`` (in ``tenant_id`` if given); a name held
+        in several tenants or scopes is a :class:`Conflict`."""
+        self.types.get(type_name)  # unknown type -> clear error
+        uid = parse_uuid(ref)
+        if uid is not None:
+            entity = self.session.get(Entity, uid)
+            if entity is not None and entity.type == type_name and tenant_id in (None, entity.tenant_id):
+                return entity
+        stmt = sa.select(Entity).where(Entity.type == type_name, Entity.name == str(ref))
+        if tenant_id is not None:
+            stmt = stmt.where(Entity.tenant_id == tenant_id)
+        found = list(self.session.scalars(stmt.limit(2)))
+        if not found:
+            raise NotFound(f"no {type_name} {ref!r}")
+        if len(found) > 1:
+            where = "tenants" if found[0].tenant_id != found[1].tenant_id else "scopes"
+            raise Conflict(
+                f"{type_name} name {ref!r} exists in several {where}: use its id"
+                + (
+                    " or --tenant"
+                    if where == "tenants"
+                    else f" ({found[0].name_scope!r}, {found[1].name_scope!r}...)"
+                )
+            )
+        return found[0]
+
+    def list_entities(self, type_name: str, tenant_id: uuid.UUID | None = None) -> list[Entity]:
+        """The entities of ``type_name`` (of ``tenant_id`` if given), by name."""
+        self.types.get(type_name)
+        stmt = sa.select(Entity).where(Entity.type == type_name)
+        if tenant_id is not None:
+            stmt = stmt.where(Entity.tenant_id == tenant_id)
+        return list(self.session.scalars(stmt.order_by(Entity.name)))
+
+    def check_name_free(
+        self,
+        tenant_id: uuid.UUID,
+        type_name: str,
+        name: str,
+        scope: str = "",
+        *,
+        but: uuid.UUID | None = None,
+    ) -> None:
+        """Refuse (:class:`Conflict`) a name another entity than ``but`` holds in the tenant and scope."""
+        stmt = sa.select(Entity.id).where(
+            Entity.tenant_id == tenant_id,
+            Entity.type == type_name,
+            Entity.name_scope == scope,
+            Entity.name == name,
+        )
+        existing = self.session.scalars(stmt).first()
+        if existing is not None and existing != but:
+            within = f" (scope {scope!r})" if scope else ""
+            raise Conflict(f"a {type_name} named {name!r}{within} already exists in this tenant")
+
+    def insert(
+        self,
+        *,
+        type_name: str,
+        name: str,
+        tenant_id: uuid.UUID,
+        data: dict[str, Any] | None,
+        customer_id: uuid.UUID | None = None,
+        entity_id: uuid.UUID | None = None,
+        origin_edge_id: uuid.UUID | None = None,
+        validated: bool = False,
+        checked: bool = False,
+    ) -> Entity:
+        """Insert a new entity. ``validated``: ``data`` went through the type's schema already;
+        ``checked``: the caller made sure the name and the id are free."""
+        etype = self.types.get(type_name)
+        name = clean_name(name, "an entity")
+        if validated:
+            clean = dict(data or {})
+        else:
+            clean = etype.validate(data)
+            etype.check_storable(clean)
+        scope = scope_of(etype, clean)
+        if not checked:
+            self.check_name_free(tenant_id, type_name, name, scope)
+            if entity_id is not None and self.session.get(Entity, entity_id) is not None:
+                raise Conflict(f"an entity with id {entity_id} already exists")
+        now = now_ms()
+        entity = Entity(
+            id=entity_id or uuid.uuid4(),
+            tenant_id=tenant_id,
+            customer_id=customer_id,
+            type=type_name,
+            name=name,
+            name_scope=scope,
+            data=clean,
+            version=1,
+            origin_edge_id=origin_edge_id,
+            created_time=now,
+            updated_time=now,
+        )
+        self.session.add(entity)
+        if not checked:  # surface a constraint's refusal here; a checked insert joins the next flush
+            self.session.flush()
+        return entity
+
+    def change(self, entity: Entity, *, name: str | None, data: dict[str, Any] | None) -> bool:
+        """Apply an update in place; returns whether anything changed (version bumped)."""
+        etype = self.types.get(entity.type)
+        new_name, new_data = entity.name, entity.data
+        if name is not None and name.strip() != entity.name:
+            new_name = clean_name(name, "an entity")
+        if data is not None:
+            # whatever a plugin's merge returns is validated again: it is stored as is otherwise
+            merged = etype.validate(etype.merge(entity.data, data))
+            if merged != entity.data:
+                etype.check_storable(merged)
+                new_data = merged
+        scope = scope_of(etype, new_data)
+        changed = new_name != entity.name or new_data is not entity.data
+        if new_name != entity.name or scope != entity.name_scope:
+            self.check_name_free(entity.tenant_id, entity.type, new_name, scope, but=entity.id)
+        if changed or scope != entity.name_scope:
+            entity.name, entity.data, entity.name_scope = new_name, new_data, scope
+        if changed:
+            entity.version += 1
+            entity.updated_time = now_ms()
+            self.session.flush()
+        return changed
+
+    def current_body(self, event: Any) -> bytes | None:
+        """For an outbox row about an entity's state (ADDED/UPDATED): the entity's state as it is
+        now, None when the entity no longer exists (or the row is about something else)."""
+        if event.action not in (ADDED, UPDATED) or event.entity_id is None or event.type not in self.types:
+            return None
+        entity = self.session.get(Entity, event.entity_id)
+        if entity is None or entity.type != event.type:
+            return None
+        return entity_state(entity, self.types).SerializeToString()
+
+    def members(self, container: Entity) -> list[Entity]:
+        """The members of ``container``, by name."""
+        stmt = (
+            sa.select(Entity)
+            .join(EntityMember, EntityMember.member_id == Entity.id)
+            .where(EntityMember.container_id == container.id)
+            .order_by(Entity.name)
+        )
+        return list(self.session.scalars(stmt))
+
+    def by_ids(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Entity]:
+        """The entities of ``ids`` that exist, by id."""
+        ids = list(ids)
+        if not ids:
+            return {}
+        if 0 < len(ids) <= 8:  # usually loaded in this session already: no statement at all
+            found = {i: self.session.get(Entity, i) for i in ids}
+            return {i: e for i, e in found.items() if e is not None}
+        out: dict[uuid.UUID, Entity] = {}
+        for chunk in chunks(ids):
+            out.update({e.id: e for e in self.session.scalars(sa.select(Entity).where(Entity.id.in_(chunk)))})
+        return out

@@ -399,3 +399,38 @@ def test_a_merge_that_builds_invalid_data_is_refused_not_stored(make_platform, c
     assert _entity(node, "s").data == {"unit_name": "K"}
     assert e.name == "s"
     node.close()
+
+
+class JournalSchema(Schema):
+    entries = fields.List(fields.String(), load_default=list)
+
+
+class Journal(EntityType):
+    """Its merge appends: the edge's whole new state, merged again in the cloud, would double."""
+
+    name = "journal"
+    schema = JournalSchema
+    creatable_on_edge = True
+
+    @classmethod
+    def merge(cls, current: Any, changes: Any) -> dict[str, Any]:
+        return {"entries": [*current.get("entries", []), *changes.get("entries", [])]}
+
+
+def test_an_edges_update_replaces_the_data_whatever_merge_does(kit, make_platform):
+    """The cloud holds what the owning edge says, not its merge with what the cloud had."""
+    plugin = types.SimpleNamespace(
+        __name__="journals", winstar_register_entity_types=hookimpl(lambda register: register.add(Journal))
+    )
+    platform = make_platform(plugin)
+    cloud = kit.cloud("ce", platform=platform)
+    kit.tenant(cloud, "Acme")
+    kit.user(cloud, "admin@acme.io", tenant="Acme")
+    edge = kit.edge_node(cloud, kit.edge(cloud, "e", tenant="Acme"), platform=platform)
+    data = '{"entries": ["x"]}'
+    made = kit.json(edge, "entity", "create", "journal", "j", "--user", "admin@acme.io", "--data", data)
+    assert kit.deliver_uplinks(edge, cloud).ok
+    kit.json(edge, "entity", "update", "journal", made["id"], "--data", '{"entries": ["y"]}')
+    assert kit.json(edge, "entity", "show", "journal", made["id"])["data"] == {"entries": ["x", "y"]}
+    assert kit.deliver_uplinks(edge, cloud).ok
+    assert kit.json(cloud, "entity", "show", "journal", made["id"])["data"] == {"entries": ["x", "y"]}

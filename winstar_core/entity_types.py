@@ -172,7 +172,10 @@ class EntityType:
 
     @classmethod
     def merge(cls, current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-        """The data after an update: by default, top-level keys of ``changes`` replace ``current``.
+        """The data after a user's update (``winstar entity update --data``, a rule's change): by
+        default, top-level keys of ``changes`` replace ``current``. Not called for a peer's state:
+        an UPDATED from the edge that owns an entity (or from the cloud, on an edge) replaces its
+        data as a whole, so both sides hold the same data whatever ``merge`` does.
 
         Whatever an override returns is validated again by the core (:meth:`validate`, then
         :meth:`check_storable`) before it is stored, so a ``merge`` that builds invalid data gets
@@ -229,7 +232,8 @@ class EntityType:
     @classmethod
     def deserialize(cls, payload: bytes) -> dict[str, Any]:
         """Read a payload of this type's current schema version: :meth:`decode`, then
-        :meth:`validate`."""
+        :meth:`validate`. A convenience for plugins and tests: the core reads a peer's payloads
+        with :meth:`load_payload` (so override :meth:`decode`, not this, to change the format)."""
         return cls.validate(cls.decode(payload))
 
     @classmethod

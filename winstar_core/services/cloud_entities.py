@@ -45,11 +45,17 @@ class CloudEntities(CloudAssignment):
         return entity
 
     def update_entity(
-        self, entity: Entity, *, name: str | None = None, data: dict[str, Any] | None = None
+        self,
+        entity: Entity,
+        *,
+        name: str | None = None,
+        data: dict[str, Any] | None = None,
+        replace: bool = False,
     ) -> Entity:
-        """Change ``entity``'s name and/or data; if anything changed, UPDATED to every edge it is
-        effectively assigned to."""
-        if self.entities.change(entity, name=name, data=data):
+        """Change ``entity``'s name and/or data (merged, or its whole state with ``replace``: see
+        ``EntityStore.change``); if anything changed, UPDATED to every edge it is effectively
+        assigned to."""
+        if self.entities.change(entity, name=name, data=data, replace=replace):
             body = entity_state(entity, self.types).SerializeToString()
             for edge_id in sorted(self.effective_edges(entity.id), key=str):
                 self.outbox.downlink(

@@ -117,7 +117,7 @@ class CloudUplinks(CloudEntities, CloudTenancy):
         if existing is not None:
             self._check_edge_rights(edge, existing)
             name = self.free_name_for(edge, existing.type, wanted, existing.id, scope)
-            self.update_entity(existing, name=name, data=data)
+            self.update_entity(existing, name=name, data=data, replace=True)
             if self.batch is not None:
                 self.batch.took(existing.type, name, existing.id)
             return

@@ -168,15 +168,20 @@ class EntityStore:
             self.session.flush()
         return entity
 
-    def change(self, entity: Entity, *, name: str | None, data: dict[str, Any] | None) -> bool:
-        """Apply an update in place; returns whether anything changed (version bumped)."""
+    def change(
+        self, entity: Entity, *, name: str | None, data: dict[str, Any] | None, replace: bool = False
+    ) -> bool:
+        """Apply an update in place; returns whether anything changed (version bumped).
+        ``data``: changes merged by the type's ``merge`` (a user's update), or with ``replace``
+        the entity's whole new state, already validated (a peer's UPDATED: the entity becomes
+        what its owner says it is, whatever ``merge`` would make of it)."""
         etype = self.types.get(entity.type)
         new_name, new_data = entity.name, entity.data
         if name is not None and name.strip() != entity.name:
             new_name = clean_name(name, "an entity")
         if data is not None:
             # whatever a plugin's merge returns is validated again: it is stored as is otherwise
-            merged = etype.validate(etype.merge(entity.data, data))
+            merged = dict(data) if replace else etype.validate(etype.merge(entity.data, data))
             if merged != entity.data:
                 etype.check_storable(merged)
                 new_data = merged

@@ -52,6 +52,7 @@ def test_cloud_commands_and_shapes(run, db_url):
             "tenant_id": tenant["id"],
             "customer_id": None,
             "connected": False,
+            "node": None,
             "last_seen": None,
             "pending": 0,
         }

@@ -115,7 +115,7 @@ class Node:
         secret_file: str | None = None,
         ca_file: str | None = None,
     ) -> bool:
-        check_address(cloud, "--cloud")
+        check_addresses(cloud, "--cloud")
         if not routing_key or not secret:
             raise WinstarError("--routing-key and --secret are both required")
         current = self.role()
@@ -206,6 +206,14 @@ def check_address(addr: str, option: str, *, any_port: bool = False) -> str:
     if not (0 if any_port else 1) <= int(port) <= 65535:
         raise WinstarError(f"{option} {addr!r}: the port must be {'0' if any_port else '1'}-65535")
     return addr
+
+
+def check_addresses(addrs: str, option: str) -> list[str]:
+    """``HOST:PORT[,HOST:PORT...]``: the cloud's nodes an edge tries in turn."""
+    parts = [a.strip() for a in addrs.split(",")]
+    if not addrs.strip() or not all(parts):
+        raise WinstarError(f"{option} must be HOST:PORT or HOST:PORT,HOST:PORT..., not {addrs!r}")
+    return [check_address(a, option) for a in parts]
 
 
 def instance_place(url: str) -> str:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 
 from winstar_core.cli.api import current_node, emit, node_options
-from winstar_core.services.cloud import CloudService, edge_connected
+from winstar_core.services.cloud import CloudService, edge_connected, edge_node_name
 from winstar_core.services.common import event_json, iso
 from winstar_core.services.instances import event_counts, reset_instance
+from winstar_core.services.nodes import nodes_view
 from winstar_core.store.models import FAILED, HELD, PENDING, Customer, Edge, Role, Tenant, User
 
 STATUS = click.Choice(["pending", "delivered", "failed"], case_sensitive=False)
@@ -49,6 +50,7 @@ def edge_json(e: Edge, pending: int) -> dict[str, object]:
         "tenant_id": str(e.tenant_id),
         "customer_id": str(e.customer_id) if e.customer_id else None,
         "connected": edge_connected(e),
+        "node": edge_node_name(e),
         "last_seen": iso(e.last_seen),
         "pending": pending,
     }
@@ -191,7 +193,7 @@ def edge_list(as_json: bool) -> None:
     with current_node().cloud("winstar edge list") as cloud:
         pending = cloud.pending_counts()
         value = [edge_json(e, pending.get(e.id, 0)) for e in cloud.list_edges()]
-    emit(value, as_json, ["id", "name", "tenant_id", "connected", "last_seen", "pending"])
+    emit(value, as_json, ["id", "name", "tenant_id", "connected", "node", "last_seen", "pending"])
 
 
 @edge_group.command("show")
@@ -214,7 +216,7 @@ def edge_show(edge_ref: str, tenant_ref: str | None, as_json: bool) -> None:
         base = edge_json(edge, counts.get(PENDING, 0))
         value = {
             **{k: base[k] for k in ("id", "name", "tenant_id", "customer_id", "connected")},
-            "node": None,  # the name of the node serving the edge: with several cloud nodes
+            "node": base["node"],
             "instance": edge.instance_id,
             "conflict": edge.conflict,
             "last_seen": base["last_seen"],
@@ -353,4 +355,21 @@ def edge_retry(edge_ref: str, seqs: tuple[int, ...], tenant_ref: str | None, as_
     emit(value, as_json)
 
 
-COMMANDS = [tenant_group, customer_group, role_group, user_group, edge_group]
+@click.group("cloud")
+def cloud_group() -> None:
+    """The cloud's nodes (every `winstar run` of this cloud database)."""
+
+
+@cloud_group.command("nodes")
+@node_options
+def cloud_nodes(as_json: bool) -> None:
+    """The cloud's live nodes: name, address, start, heartbeat, how many edges each serves.
+
+    A node stopped cleanly is gone; a node killed stops counting as live after 15 s and its
+    registration is removed after 60 s."""
+    with current_node().cloud("winstar cloud nodes") as cloud:
+        rows = [row for row in nodes_view(cloud.session) if row.pop("alive")]
+    emit(rows, as_json, ["name", "address", "started", "last_seen", "edges"])
+
+
+COMMANDS = [tenant_group, customer_group, role_group, user_group, edge_group, cloud_group]

@@ -8,7 +8,7 @@ import click
 
 from winstar_core.cli.api import current_node, emit, node_options
 from winstar_core.node import CLOUD, EDGE
-from winstar_core.services.cloud import edge_connected
+from winstar_core.services.cloud import edge_connected, edge_node_name
 from winstar_core.services.common import LIVENESS_MS, get_config, iso
 from winstar_core.store.models import HELD, now_ms
 
@@ -70,6 +70,7 @@ def status(as_json: bool) -> None:
                     "id": str(e.id),
                     "name": e.name,
                     "connected": edge_connected(e),
+                    "node": edge_node_name(e),
                     "last_seen": iso(e.last_seen),
                     "pending": pending.get(e.id, 0),
                 }

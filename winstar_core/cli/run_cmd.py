@@ -6,12 +6,16 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from winstar_core.cli.api import current_node, db_option
 from winstar_core.errors import WinstarError
 from winstar_core.node import CLOUD, Node, check_address
+
+if TYPE_CHECKING:
+    from winstar_core.metrics import MetricsServer
 
 
 def _read(path: str | None, what: str) -> bytes | None:
@@ -55,6 +59,17 @@ def _read(path: str | None, what: str) -> bytes | None:
     envvar="WINSTAR_MAX_IN_FLIGHT",
     help="batches sent before the first is acknowledged",
 )
+@click.option(
+    "--metrics",
+    "metrics_addr",
+    metavar="HOST:PORT",
+    help="serve Prometheus metrics over HTTP at http://HOST:PORT/metrics",
+)
+@click.option(
+    "--node-name",
+    metavar="NAME",
+    help="cloud: this node's name (default: HOST:PORT of --listen)",
+)
 @db_option
 def run(
     listen_addr: str,
@@ -65,12 +80,16 @@ def run(
     verbose: bool,
     batch_size: int,
     max_in_flight: int,
+    metrics_addr: str | None,
+    node_name: str | None,
 ) -> None:
     """Cloud: serve gRPC. Edge: connect, sync, reconnect forever. Stops cleanly on SIGINT/SIGTERM."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if metrics_addr is not None:
+        check_address(metrics_addr, "--metrics", any_port=True)
     node = current_node()
     role = node.role()
     if role is None:
@@ -78,10 +97,15 @@ def run(
     if role == CLOUD:
         if bool(tls_cert) != bool(tls_key):
             raise WinstarError("--tls-cert and --tls-key go together")
+        if node_name is not None and not node_name.strip():
+            raise WinstarError("--node-name must not be empty")
         tls = (_read(tls_cert, "certificate"), _read(tls_key, "key"))
-        asyncio.run(_run_cloud(node, listen_addr, tls, batch_size, max_in_flight))
+        asyncio.run(_run_cloud(node, listen_addr, tls, batch_size, max_in_flight, metrics_addr, node_name))
     else:
-        asyncio.run(_run_edge(node, cloud_addr, _read(ca, "CA certificate"), batch_size, max_in_flight))
+        if node_name is not None:
+            click.echo("warning: --node-name is for a cloud node; ignored on an edge", err=True)
+        ca_pem = _read(ca, "CA certificate")
+        asyncio.run(_run_edge(node, cloud_addr, ca_pem, batch_size, max_in_flight, metrics_addr))
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
@@ -90,35 +114,80 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+def _serve_metrics(metrics_addr: str | None) -> MetricsServer | None:
+    if metrics_addr is None:
+        return None
+    from winstar_core import metrics  # prometheus_client: only for `run`
+
+    server = metrics.serve(metrics_addr)
+    click.echo(f"metrics on http://{metrics_addr.rsplit(':', 1)[0]}:{server.port}/metrics", err=True)
+    return server
+
+
 async def _run_cloud(
-    node: Node, listen_addr: str, tls: tuple[bytes | None, bytes | None], batch_size: int, max_in_flight: int
+    node: Node,
+    listen_addr: str,
+    tls: tuple[bytes | None, bytes | None],
+    batch_size: int,
+    max_in_flight: int,
+    metrics_addr: str | None = None,
+    node_name: str | None = None,
 ) -> None:
+    from winstar_core import metrics
     from winstar_core.transport.server import CloudServer
 
-    stop = asyncio.Event()
-    _stop_on_signals(stop)
     check_address(listen_addr, "--listen", any_port=True)
-    server = CloudServer(
-        node, listen_addr, tls_cert=tls[0], tls_key=tls[1], batch_size=batch_size, max_in_flight=max_in_flight
-    )
+    metrics_server = _serve_metrics(metrics_addr)
     try:
-        port = await server.start()
-    except RuntimeError as exc:
-        raise WinstarError(f"cannot listen on {listen_addr}: {exc}") from None
-    click.echo(f"winstar cloud serving on {listen_addr.rsplit(':', 1)[0]}:{port}", err=True)
-    await stop.wait()
-    click.echo("stopping: finishing in-flight batches", err=True)
-    await server.stop(grace=5.0)
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        server = CloudServer(
+            node,
+            listen_addr,
+            tls_cert=tls[0],
+            tls_key=tls[1],
+            batch_size=batch_size,
+            max_in_flight=max_in_flight,
+            node_name=node_name,
+        )
+        if metrics_server is not None:
+            metrics.set_cloud_source(server.metrics_snapshot)
+        try:
+            port = await server.start()
+        except RuntimeError as exc:
+            raise WinstarError(f"cannot listen on {listen_addr}: {exc}") from None
+        click.echo(f"winstar cloud serving on {listen_addr.rsplit(':', 1)[0]}:{port}", err=True)
+        await stop.wait()
+        click.echo("stopping: finishing in-flight batches", err=True)
+        await server.stop(grace=5.0)
+    finally:
+        if metrics_server is not None:
+            metrics.set_cloud_source(None)
+            metrics_server.stop()
 
 
 async def _run_edge(
-    node: Node, cloud_addr: str | None, ca: bytes | None, batch_size: int, max_in_flight: int
+    node: Node,
+    cloud_addr: str | None,
+    ca: bytes | None,
+    batch_size: int,
+    max_in_flight: int,
+    metrics_addr: str | None = None,
 ) -> None:
+    from winstar_core import metrics
     from winstar_core.transport.client import EdgeClient
 
-    stop = asyncio.Event()
-    _stop_on_signals(stop)
-    client = EdgeClient(node, cloud_addr, ca=ca, batch_size=batch_size, max_in_flight=max_in_flight)
-    click.echo(f"winstar edge connecting to {client.cloud_addr}", err=True)
-    await client.run(stop)
-    click.echo("stopped", err=True)
+    metrics_server = _serve_metrics(metrics_addr)
+    try:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        client = EdgeClient(node, cloud_addr, ca=ca, batch_size=batch_size, max_in_flight=max_in_flight)
+        if metrics_server is not None:
+            metrics.set_edge_source(client.pending_uplinks_count)
+        click.echo(f"winstar edge connecting to {client.cloud_addr}", err=True)
+        await client.run(stop)
+        click.echo("stopped", err=True)
+    finally:
+        if metrics_server is not None:
+            metrics.set_edge_source(None)
+            metrics_server.stop()

@@ -27,6 +27,7 @@ from winstar_core.services.cloud_assignment import CloudAssignment
 from winstar_core.services.cloud_base import CloudBase
 from winstar_core.services.cloud_edges import CloudEdges
 from winstar_core.services.cloud_edges import edge_connected as edge_connected
+from winstar_core.services.cloud_edges import edge_node_name as edge_node_name
 from winstar_core.services.cloud_entities import CloudEntities
 from winstar_core.services.cloud_sync import CloudSync
 from winstar_core.services.cloud_tenancy import CloudTenancy

@@ -7,20 +7,37 @@ import secrets
 import uuid
 
 import sqlalchemy as sa
+from sqlalchemy.orm import object_session
 
 from winstar_core.errors import Conflict, NotFound
 from winstar_core.services.cloud_base import CloudBase
-from winstar_core.services.constants import LIVENESS_MS
 from winstar_core.services.credentials import hash_secret
 from winstar_core.services.ids import parse_uuid
 from winstar_core.services.names import clean_name
-from winstar_core.store.models import Customer, Edge, EdgeEvent, Tenant, now_ms
+from winstar_core.services.nodes import node_alive
+from winstar_core.store.models import CloudNode, Customer, Edge, EdgeEvent, Tenant, now_ms
 from winstar_core.store.outbox import downlink_stream, ensure_stream, notify_senders, retry_failed
 
 
+def edge_node(edge: Edge) -> CloudNode | None:
+    """The live node serving the edge, None if none does: derived from the node's heartbeat,
+    never from a flag that a killed process leaves behind (see services/nodes.py)."""
+    if edge.node_id is None:
+        return None
+    session = object_session(edge)
+    node = session.get(CloudNode, edge.node_id) if session is not None else None
+    return node if node_alive(node) else None
+
+
 def edge_connected(edge: Edge) -> bool:
-    """Whether the edge's link is up: marked connected, and its heartbeat recent."""
-    return bool(edge.connected) and now_ms() - (edge.last_seen or 0) < LIVENESS_MS
+    """Whether the edge's link is up: a live node serves it."""
+    return edge_node(edge) is not None
+
+
+def edge_node_name(edge: Edge) -> str | None:
+    """The name of the node serving the edge, None when it is not connected."""
+    node = edge_node(edge)
+    return node.name if node is not None else None
 
 
 class CloudEdges(CloudBase):

@@ -95,6 +95,18 @@ class UserRole(Base):
     role_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("role.id", ondelete="CASCADE"), primary_key=True)
 
 
+class CloudNode(Base):
+    """A running `winstar run` of the cloud database (services/nodes.py): removed when it stops,
+    expired when its heartbeat is long gone."""
+
+    __tablename__ = "cloud_node"
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(sa.String(255), unique=True)
+    address: Mapped[str] = mapped_column(sa.String(255))
+    started: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
+    last_seen: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
+
+
 class Edge(Base):
     __tablename__ = "edge"
     __table_args__ = (sa.UniqueConstraint("tenant_id", "name"),)
@@ -125,6 +137,13 @@ class Edge(Base):
     instance_since: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
     #: one line about the last refused box (or the last move to a new box); None if none
     conflict: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    # Which node serves the edge (services/nodes.py): the edge is connected while that node lives.
+    #: the node whose session owns the edge's link; None: no session
+    node_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("cloud_node.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    #: the owning session (the newest connection of the edge wins)
+    session_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
 
 
 class Entity(Base):

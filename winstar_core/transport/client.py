@@ -12,17 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from contextlib import suppress
 from typing import Any
 
 import grpc
 import sqlalchemy as sa
 
+from winstar_core import metrics
 from winstar_core.errors import WinstarError
-from winstar_core.node import Node, read_secret
+from winstar_core.node import Node, check_addresses, read_secret
 from winstar_core.services.common import get_config, set_config
 from winstar_core.services.edge import EdgeService
-from winstar_core.store.models import CloudEvent, now_ms
+from winstar_core.store.models import PENDING, CloudEvent, now_ms
 from winstar_core.store.outbox import (
     DOWNLINK_MARK_STREAM,
     NOTIFY_CHANNEL_UPLINK,
@@ -131,7 +133,9 @@ class EdgeClient:
         node.require("edge", "winstar run (edge)")
         self.node = node
         with node.db.begin() as s:
-            self.cloud_addr = cloud_addr or get_config(s, "cloud")
+            #: the cloud's nodes, tried in turn (``--cloud HOST:PORT[,HOST:PORT...]``)
+            self.cloud_addrs = check_addresses(cloud_addr or get_config(s, "cloud") or "", "--cloud")
+            self._addr = 0
             self.routing_key = get_config(s, "routing_key")
             self.secret_file = get_config(s, "secret_file")
             ca_file = get_config(s, "ca_file")
@@ -151,9 +155,25 @@ class EdgeClient:
         self._caps: Capabilities | None = None
         self._sender: Sender | None = None
 
+    @property
+    def cloud_addr(self) -> str:
+        """The cloud node address this client uses now (the next one after a failed session)."""
+        return self.cloud_addrs[self._addr % len(self.cloud_addrs)]
+
+    def pending_uplinks_count(self) -> int:
+        """Uplinks not delivered yet (the metrics' scrape asks, from its own thread)."""
+        with self.node.db.read() as conn:
+            return int(
+                conn.scalar(
+                    sa.select(sa.func.count()).select_from(CloudEvent).where(CloudEvent.status == PENDING)
+                )
+                or 0
+            )
+
     # -- state shown by `winstar status` -----------------------------------------------------------
 
     def _set_state(self, *, connected: bool, error: str | None) -> None:
+        metrics.edge_connected(connected)
         with self.node.db.begin() as s:
             set_config(s, "connected", connected)
             set_config(s, "last_error", error)
@@ -193,8 +213,12 @@ class EdgeClient:
                 raise
             except Exception as exc:  # the database or a bug: report, back off, try again
                 log.exception("edge link failed")
+                if is_infrastructure(exc, self.node.db):
+                    metrics.db_error()
                 error = f"{type(exc).__name__}: {exc}"
             self.connected.clear()
+            if len(self.cloud_addrs) > 1:  # the next node: this one may be gone
+                self._addr += 1
             with suppress(Exception):
                 await asyncio.to_thread(self._set_state, connected=False, error=error)
             if stop.is_set():
@@ -345,6 +369,8 @@ class EdgeClient:
         )
         self._sender = sender
         self.sessions += 1
+        metrics.edge_reconnect()
+        metrics.edge_connected(True)
         self.connected.set()
         log.info("connected to %s as edge %s", self.cloud_addr, welcome.edge.name)
 
@@ -367,6 +393,7 @@ class EdgeClient:
                         await out.put(pb.EdgeMessage(downlink_ack=ack))
                     elif kind == "uplink_ack":
                         await sender.on_ack(msg.uplink_ack)
+                        metrics.edge_ack(time.time())
                     elif kind == "error":
                         raise CloudError(f"{msg.error.code}: {clean_text(msg.error.reason, 500)}")
                     else:

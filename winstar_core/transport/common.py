@@ -43,6 +43,9 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_concurrent_streams", 16),
     # accept the edges' pings every 10 s; gRPC's default (5 min) would answer them with GOAWAY
     ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+    # one process per address: a second node on a taken port fails to start (and a node that
+    # could bind its address knows the node registered there before it is gone)
+    ("grpc.so_reuseport", 0),
 ]
 
 CLIENT_OPTIONS: list[tuple[str, int]] = [

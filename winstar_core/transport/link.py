@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from google.protobuf.message import DecodeError, Message
 from sqlalchemy.orm import Session
 
+from winstar_core import metrics
 from winstar_core.store.db import Database
 from winstar_core.store.models import (
     DELIVERED,
@@ -47,7 +48,7 @@ from winstar_core.store.models import (
     StreamMark,
     now_ms,
 )
-from winstar_core.store.outbox import UPLINK_STREAM, downlink_stream, held_mark
+from winstar_core.store.outbox import DOWNLINK_MARK_STREAM, UPLINK_STREAM, downlink_stream, held_mark
 from winstar_core.transport.holding import Capabilities
 from winstar_core.transport.limits import (
     BATCH_SIZE,
@@ -147,6 +148,11 @@ class OutboxStream:
     @property
     def model(self) -> Any:
         return EdgeEvent if self.edge_id is not None else CloudEvent
+
+    @property
+    def direction(self) -> str:
+        """``downlink`` (the cloud's stream to an edge) or ``uplink`` (an edge's to the cloud)."""
+        return "downlink" if self.edge_id is not None else "uplink"
 
     @property
     def counter(self) -> str:
@@ -363,6 +369,7 @@ class Sender:
                     continue
                 self._in_flight.append(tuple(e.seq for e in events))
                 self.sent += len(events)
+                metrics.batch_sent(self.stream.direction, len(events))
                 await self.send(events, last_seq)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
@@ -429,6 +436,8 @@ class Sender:
     async def on_ack(self, ack: pb.BatchAck) -> None:
         self.check_ack(ack)
         await self.offload(self.stream.acknowledge, list(ack.results))
+        ok = sum(1 for r in ack.results if r.ok)
+        metrics.delivered(self.stream.direction, ok, len(ack.results) - ok)
         pending = await self.offload(self.stream.pending) if self.progress.due() else None
         self.progress.acked(ack.results, pending)
         self._in_flight.popleft()
@@ -502,6 +511,11 @@ class Receiver:
     #: the highest seq of the stream this receiver knows of: its mark, then what the sender announced
     known: int | None = None
 
+    @property
+    def direction(self) -> str:
+        """The stream applied: ``downlink`` on an edge, ``uplink`` in the cloud."""
+        return "downlink" if self.stream == DOWNLINK_MARK_STREAM else "uplink"
+
     def mark(self) -> int:
         with self.db.read() as conn:
             return int(
@@ -522,11 +536,18 @@ class Receiver:
             self.known = max(self.known or 0, last_seq)
         valid = [e for e in events if 1 <= e.seq <= MAX_SEQ]
         if valid:
+            started = time.monotonic()
+            applied_before = self.applied
             try:
                 ack, touched = self._attempt(valid, savepoints=False)
             except _Rejected:
                 # One event is refused: apply again, each event in a savepoint, to keep the others.
                 ack, touched = self._attempt(valid, savepoints=True)
+            direction = self.direction
+            metrics.applied(direction, self.applied - applied_before, time.monotonic() - started)
+            refused = sum(1 for r in ack.results if not r.ok)
+            if refused:
+                metrics.rejected(direction, refused)
         else:
             ack, touched = pb.BatchAck(applied_seq=self.mark()), set()
         if len(valid) == len(events):

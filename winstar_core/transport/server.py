@@ -25,11 +25,23 @@ import grpc
 import sqlalchemy as sa
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from winstar_core import metrics
 from winstar_core.node import Node
 from winstar_core.services.cloud import CloudService, check_secret, hash_secret, well_formed_secret
 from winstar_core.services.common import parse_uuid
 from winstar_core.services.instances import admit_instance, uplink_mark_stream_for
-from winstar_core.store.models import Edge, EdgeEvent, StreamCounter, StreamMark, now_ms
+from winstar_core.services.nodes import (
+    NODE_HEARTBEAT_S,
+    NOTIFY_CHANNEL_SESSION,
+    Beat,
+    claim_edge,
+    forget_node,
+    heartbeat,
+    pending_edges,
+    register_node,
+    release_edge,
+)
+from winstar_core.store.models import PENDING, CloudNode, Edge, EdgeEvent, StreamCounter, StreamMark
 from winstar_core.store.outbox import (
     NOTIFY_CHANNEL_DOWNLINK,
     MarkOutOfReach,
@@ -75,6 +87,11 @@ _DUMMY_SECRET = secrets.token_urlsafe(24)
 _ROUTING_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: the executor lane of authentications: one more "tenant" in the fair rotation
 _AUTH_LANE = "auth"
+#: the lane of the node's own work (its poll, its heartbeat)
+_NODE_LANE = "node"
+#: a session's sender polls its outbox by itself only this rarely: the node wakes it (NOTIFY, or
+#: the node's one poll of all its sessions), so an idle session costs no query
+SESSION_POLL_S = 60.0
 
 
 class LinkClosed(Exception):
@@ -173,14 +190,20 @@ class EdgeSession:
         self.ended = asyncio.Event()
         #: the edge moved to this box (reset-instance): a full sync is due
         self.moved = False
-        self.poke = asyncio.Event()
+        #: this session's id in the edge row while it owns the edge (services/nodes.py)
+        self.session_id = uuid.uuid4()
+        #: why the session ends when it is closed from outside (``closed`` is set)
+        self.end_reason = "closed"
+        self.context: grpc.aio.ServicerContext | None = None
         limit = min(hello.max_message_bytes or MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES)
         self.sender = Sender(
             OutboxStream(self.node.db, edge_id),
             self._send_downlinks,
             batch_size=server.batch_size,
             max_in_flight=server.max_in_flight,
-            poll_interval=server.poll_interval,
+            # the node wakes the sender (NOTIFY, or its own poll of every session): this is a
+            # last resort, so an idle session costs no query
+            poll_interval=SESSION_POLL_S,
             max_bytes=limit // 2,
             peer_limit=limit,
             offload=self.offload,
@@ -203,7 +226,11 @@ class EdgeSession:
 
     def wake(self) -> None:
         self.sender.wake()
-        self.poke.set()
+
+    def end(self, reason: str) -> None:
+        """Close this session from outside (another session took the edge, the node stops)."""
+        self.end_reason = reason
+        self.closed.set()
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -224,7 +251,8 @@ class EdgeSession:
         """Mark the admitted edge connected: the Welcome, or why it is refused."""
         delivered = OutboxStream(self.node.db, self.edge_id).highest_delivered()
         with self.node.cloud() as cloud:
-            edge = cloud.session.get(Edge, self.edge_id)
+            # locked: two nodes claiming the edge at once take it one after the other
+            edge = cloud.session.get(Edge, self.edge_id, with_for_update=True)
             if edge is None:
                 return Refusal(grpc.StatusCode.FAILED_PRECONDITION, "the edge was deleted")
             behind = self._catch_up(cloud)
@@ -237,15 +265,16 @@ class EdgeSession:
             row = cloud.session.get(StreamMark, self.receiver.stream)
             mark = row.applied_seq if row is not None else 0
             self.sender.progress.what = f"downlinks to edge {edge.name!r}"
-            edge.connected = True
-            edge.last_seen = now_ms()
-            edge.last_error = None
+            before = claim_edge(cloud.session, edge, self.server.node_id, self.session_id)
+            if before is not None:
+                log.info("edge %s: taken over from node %s (the newest connection wins)", edge.name, before)
             welcome = edge_welcome(cloud, edge, applied_uplink_seq=mark)
             if self.moved or behind or self.hello.applied_downlink_seq < delivered:
                 # moved to a new box, the edge lost what it had (restored backup), or it holds
                 # what this database forgot (the cloud's was restored): a full sync is due
                 edge.sync_requested = True
-            cloud.sync_if_due(edge)
+            if cloud.sync_if_due(edge):
+                metrics.sync_run()
         return welcome
 
     def _catch_up(self, cloud: CloudService) -> bool | Refusal:
@@ -269,23 +298,41 @@ class EdgeSession:
         )
         return True
 
-    def _housekeeping_tick(self, touch: bool) -> bool:
+    def _sync_tick(self) -> bool:
+        """Run the edge's requested Sync Edge if it is due and this session still owns the edge."""
         with self.node.cloud() as cloud:
             edge = cloud.session.get(Edge, self.edge_id)
             if edge is None:
                 raise LinkClosed("the edge was deleted")
-            if touch:
-                edge.last_seen = now_ms()
-                edge.connected = True  # a replaced session's cleanup may have cleared it meanwhile
+            if edge.session_id != self.session_id:
+                return False
             return cloud.sync_if_due(edge)
+
+    async def check_sync(self) -> None:
+        """The node saw a Sync Edge requested for this edge: run it here, its serving node."""
+        try:
+            if await self.offload(self._sync_tick):
+                metrics.sync_run()
+                self.sender.wake()
+        except LinkClosed as exc:
+            self.end(str(exc))
+        except Exception as exc:  # the database: the node's next tick asks again
+            warnings.warning(f"sync:{self.edge_id}", f"edge {self.edge_id}: sync check failed: {_line(exc)}")
+
+    def _still_owner(self) -> bool:
+        with self.node.db.read() as conn:
+            owner = conn.scalar(sa.select(Edge.session_id).where(Edge.id == self.edge_id))
+        return owner == self.session_id
+
+    async def confirm_owner(self) -> None:
+        """Another node says it took this edge over: end this session if the database agrees."""
+        with suppress(Exception):
+            if not await self.offload(self._still_owner):
+                self.end("taken_over")
 
     def _on_disconnect(self, error: str | None) -> None:
         with self.node.db.begin() as s:
-            edge = s.get(Edge, self.edge_id)
-            if edge is not None and self.server.sessions.get(self.edge_id) in (None, self):
-                edge.connected = False
-                edge.last_seen = now_ms()
-                edge.last_error = error
+            release_edge(s, self.edge_id, self.session_id, error)
 
     async def connect(self) -> pb.Welcome:
         result = await self.offload(self._on_connect)
@@ -294,32 +341,47 @@ class EdgeSession:
         return result
 
     async def run(self, context: grpc.aio.ServicerContext, welcome: pb.Welcome) -> None:
+        self.context = context
         await context.write(pb.CloudMessage(welcome=welcome))
+        metrics.session_started()
         tasks = [
             asyncio.create_task(self._writer(context), name="writer"),
             asyncio.create_task(self._reader(context), name="reader"),
             asyncio.create_task(self.sender.run(), name="sender"),
-            asyncio.create_task(self._housekeeping(context), name="housekeeping"),
             asyncio.create_task(self.closed.wait(), name="closed"),
         ]
         error: str | None = None
         status: tuple[grpc.StatusCode, str] | None = None
+        reason = "closed"
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if self.closed.is_set() and self.end_reason == "taken_over":
+                reason = "taken_over"
+                error = "the edge connected again (to this or another node): this session ended"
+                status = (grpc.StatusCode.ABORTED, "this edge connected again; this older session ends")
+            elif self.closed.is_set() and self.end_reason == "node_stopping":
+                reason = "node_stopping"
+                status = (grpc.StatusCode.UNAVAILABLE, "this cloud node is stopping; connect again")
             for task in done:
                 if task.cancelled() or task.exception() is None:
                     continue
                 exc = task.exception()
                 assert exc is not None
                 if isinstance(exc, ProtocolViolation):
+                    reason = "protocol_error"
                     error = f"protocol error: {exc}"
                     status = (grpc.StatusCode.INVALID_ARGUMENT, f"protocol error: {exc}")
                 elif isinstance(exc, PeerEnded):
+                    reason = "edge_ended"
                     error = str(exc)
                 elif isinstance(exc, LinkClosed):
+                    reason = "link_failed"
                     error = str(exc)
                     status = (grpc.StatusCode.UNAVAILABLE, str(exc))
                 else:  # the details stay in our log: a database error can name hosts and users
+                    reason = "link_failed"
+                    if is_infrastructure(exc, self.node.db):
+                        metrics.db_error()
                     error = f"{type(exc).__name__}: {_line(exc)}"
                     status = (
                         grpc.StatusCode.UNAVAILABLE,
@@ -329,6 +391,7 @@ class EdgeSession:
                     f"session:{self.edge_id}", f"edge {self.edge_id}: {task.get_name()}: {error}"
                 )
         finally:
+            metrics.session_ended(reason)
             for task in tasks:
                 task.cancel()
             # gRPC may cancel this handler again while it cleans up (the RPC ends as the connection
@@ -391,22 +454,8 @@ class EdgeSession:
             if edge is None:
                 raise LinkClosed("the edge was deleted")
             edge.sync_requested = True
-            cloud.sync_if_due(edge)
-
-    async def _housekeeping(self, context: grpc.aio.ServicerContext) -> None:
-        last_touch = 0.0
-        loop = asyncio.get_running_loop()
-        while True:
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self.poke.wait(), timeout=self.server.housekeeping_interval)
-            self.poke.clear()
-            if context.done():  # belt and braces: the RPC ended without this handler hearing of it
-                raise LinkClosed("the connection to the edge is gone")
-            touch = loop.time() - last_touch >= 5.0
-            if await self.offload(self._housekeeping_tick, touch):
-                self.sender.wake()
-            if touch:
-                last_touch = loop.time()
+            if cloud.sync_if_due(edge):
+                metrics.sync_run()
 
 
 class CloudServer:
@@ -420,16 +469,22 @@ class CloudServer:
         batch_size: int = 500,
         max_in_flight: int = 4,
         workers: int | None = None,
+        node_name: str | None = None,
     ) -> None:
         self.node = node
         self.listen_addr = listen_addr
+        #: this node's name (default: HOST:PORT it serves on) and its registration, once started
+        self.node_name = node_name
+        self.node_row: CloudNode | None = None
         self.tls = (tls_cert, tls_key) if tls_cert and tls_key else None
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
         postgres = node.db.is_postgres
-        # with LISTEN/NOTIFY the polls are only a fallback
+        # the node's own poll of its sessions' outboxes and sync requests; with LISTEN/NOTIFY it
+        # is only a fallback
         self.poll_interval = 2.0 if postgres else 0.1
-        self.housekeeping_interval = 5.0 if postgres else 1.0
+        self._node_task: asyncio.Task[None] | None = None
+        self._session_listener: asyncio.Task[None] | None = None
         self.sessions: dict[uuid.UUID, EdgeSession] = {}
         self.closing: set[asyncio.Task[None]] = set()
         self.port: int | None = None
@@ -599,6 +654,115 @@ class CloudServer:
         for session in targets:
             session.wake()
 
+    @property
+    def node_id(self) -> uuid.UUID:
+        assert self.node_row is not None, "the server is not started"
+        return self.node_row.id
+
+    def _on_session_note(self, payload: str) -> None:
+        """Another node took over an edge (``EDGE_ID:SESSION_ID``): a session of ours for that
+        edge with another id checks the database and ends if it no longer owns the edge."""
+        edge_part, _, session_part = payload.partition(":")
+        edge_id, session_id = parse_uuid(edge_part), parse_uuid(session_part)
+        session = self.sessions.get(edge_id) if edge_id is not None else None
+        if session is not None and session.session_id != session_id:
+            task = asyncio.get_running_loop().create_task(session.confirm_owner())
+            self.closing.add(task)
+            task.add_done_callback(self.closing.discard)
+
+    def metrics_snapshot(self) -> metrics.CloudGauges:
+        """Connected edges and pending downlinks per edge, for a metrics scrape (its own thread)."""
+        sessions = list(self.sessions.values())
+        ids = [s.edge_id for s in sessions]
+        pending: dict[str, int] = {}
+        if ids:
+            with self.node.db.read() as conn:
+                names = dict(conn.execute(sa.select(Edge.id, Edge.name).where(Edge.id.in_(ids))).all())
+                counts = dict(
+                    conn.execute(
+                        sa.select(EdgeEvent.edge_id, sa.func.count())
+                        .where(EdgeEvent.status == PENDING, EdgeEvent.edge_id.in_(ids))
+                        .group_by(EdgeEvent.edge_id)
+                    ).all()
+                )
+            taken = [names.get(i, str(i)) for i in ids]
+            for edge_id in ids:
+                name = names.get(edge_id, str(edge_id))
+                label = name if taken.count(name) == 1 else f"{name} ({str(edge_id)[:8]})"
+                pending[label] = int(counts.get(edge_id, 0))
+        return metrics.CloudGauges(connected_edges=len(sessions), pending=pending)
+
+    # -- the node: registration, heartbeat, and the one loop that watches every session -------------
+
+    def _register(self) -> CloudNode:
+        host = self.listen_addr.rsplit(":", 1)[0]
+        address = f"{host}:{self.port}"
+        with self.node.db.begin() as s:
+            row = register_node(s, self.node_name or address, address)
+            s.expunge(row)
+        return row
+
+    def _tick(self, edge_ids: list[uuid.UUID]) -> tuple[set[uuid.UUID], list[uuid.UUID]]:
+        """The sessions with pending downlinks, and the edges of this node with a Sync Edge due."""
+        with self.node.db.read() as conn:
+            pending = pending_edges(conn, edge_ids) if edge_ids else set()
+            due = list(
+                conn.scalars(
+                    sa.select(Edge.id).where(Edge.node_id == self.node_id, Edge.sync_requested.is_(True))
+                )
+            )
+        return pending, due
+
+    def _beat(self, owned: dict[uuid.UUID, uuid.UUID]) -> Beat:
+        assert self.node_row is not None
+        with self.node.db.begin() as s:
+            return heartbeat(s, self.node_row, owned)
+
+    async def _node_loop(self) -> None:
+        """One loop per node, whatever the number of sessions: wakes the senders of sessions with
+        pending events (the fallback to NOTIFY), runs requested syncs on the serving session,
+        ends sessions whose call is gone or whose edge another session took, and beats."""
+        loop = asyncio.get_running_loop()
+        last_beat = loop.time()
+        while not self._stop.is_set():
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self.poll_interval)
+            if self._stop.is_set():
+                return
+            sessions = dict(self.sessions)
+            for session in sessions.values():
+                if session.context is not None and session.context.done():
+                    session.end("closed")  # the RPC ended without its handler hearing of it
+            try:
+                pending, due = await self.executor.run(_NODE_LANE, "tick", self._tick, list(sessions))
+                for edge_id in pending:
+                    if (woken := sessions.get(edge_id)) is not None:
+                        woken.sender.wake()
+                for edge_id in due:
+                    if (syncing := sessions.get(edge_id)) is not None:
+                        self._spawn(syncing.check_sync())
+                if loop.time() - last_beat >= NODE_HEARTBEAT_S:
+                    last_beat = loop.time()
+                    owned = {e: s.session_id for e, s in sessions.items()}
+                    beat = await self.executor.run(_NODE_LANE, "beat", self._beat, owned)
+                    for edge_id in beat.lost:
+                        if (lost := sessions.get(edge_id)) is not None:
+                            lost.end("taken_over")
+            except Exception as exc:  # the database is away: the sessions notice on their own
+                if is_infrastructure(exc, self.node.db):
+                    metrics.db_error()
+                warnings.warning("node-loop", f"node {self.node_name}: {type(exc).__name__}: {_line(exc)}")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.closing.add(task)
+        task.add_done_callback(self.closing.discard)
+
+    def _leave(self) -> None:
+        if self.node_row is not None:
+            with self.node.db.begin() as s:
+                forget_node(s, self.node_row.id)
+
     def _on_notify(self, payload: str) -> None:
         if payload == "*" or not payload:
             self.wake("*")
@@ -613,8 +777,7 @@ class CloudServer:
 
     async def start(self) -> int:
         self.node.require("cloud", "winstar run (serving edges)")
-        with self.node.db.begin() as s:  # a previous process may have died with edges marked connected
-            s.execute(sa.update(Edge).where(Edge.connected.is_(True)).values(connected=False))
+        # nothing here touches the edges: other nodes may be serving them (services/nodes.py)
         server = grpc.aio.server(options=SERVER_OPTIONS)
         # requests arrive as bytes and are decoded by the session (see decode): gRPC's own
         # decoding would answer garbage with UNKNOWN and a traceback in our log
@@ -635,6 +798,8 @@ class CloudServer:
             self.port = server.add_secure_port(self.listen_addr, creds)
         else:
             self.port = server.add_insecure_port(self.listen_addr)
+        self.node_row = await asyncio.to_thread(self._register)  # before a session can claim an edge
+        self.node_name = self.node_row.name
         await server.start()
         self._server = server
         await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -643,22 +808,31 @@ class CloudServer:
             self._listener = asyncio.create_task(
                 listen(self.node.db, NOTIFY_CHANNEL_DOWNLINK, self._on_notify, self._stop)
             )
-        log.info("cloud serving edges on %s (port %s)", self.listen_addr, self.port)
+            self._session_listener = asyncio.create_task(
+                listen(self.node.db, NOTIFY_CHANNEL_SESSION, self._on_session_note, self._stop)
+            )
+        self._node_task = asyncio.create_task(self._node_loop(), name="node")
+        log.info("cloud node %r serving edges on %s (port %s)", self.node_name, self.listen_addr, self.port)
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
         self._stop.set()
         await self._health.enter_graceful_shutdown()
         for session in list(self.sessions.values()):
-            session.closed.set()
+            session.end("node_stopping")
         if self._server is not None:
             await self._server.stop(grace)
         if self.closing:
             await asyncio.wait(list(self.closing), timeout=grace + 5)
-        if self._listener is not None:
-            self._listener.cancel()
-            with suppress(BaseException):
-                await self._listener
+        for task in (self._listener, self._session_listener, self._node_task):
+            if task is not None:
+                task.cancel()
+                with suppress(BaseException):
+                    await task
+        try:  # the node leaves: its registration, and its claim on the edges it still had
+            await asyncio.to_thread(self._leave)
+        except Exception as exc:  # the database is away: the registration expires by itself
+            log.warning("could not remove this node's registration (%s); it expires", _line(exc))
         self.executor.shutdown()
 
     async def wait(self) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-from winstar_core.store.db import Database
+from winstar_core.store.db import TCP_KEEPALIVES, Database
 from winstar_core.transport.link import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,9 @@ CLIENT_OPTIONS: list[tuple[str, int]] = [
 
 
 def libpq_url(db: Database) -> str:
+    """The database's URL for a plain libpq connection, with the TCP keepalives of every other."""
     url = db.engine.url.set(drivername="postgresql")
+    url = url.update_query_dict({k: str(v) for k, v in TCP_KEEPALIVES.items()})
     return url.render_as_string(hide_password=False)
 
 

@@ -1,0 +1,223 @@
+"""Several cloud nodes on one PostgreSQL database, with real processes: which node serves an edge,
+changes written anywhere, a node killed in the middle of a two-way drain, one edge connecting to
+two nodes at once, a restarted node that leaves the others' edges alone."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from procs import Proc, free_port, wait_until, winstar
+
+from winstar_core.node import Node
+from winstar_core.store.models import CloudEvent, EdgeEvent, Entity
+
+pytestmark = pytest.mark.postgres
+
+N = 1500
+SLOW = ("--batch-size", "20", "--max-in-flight", "1")
+
+
+@dataclass
+class Fleet:
+    cloud: Node
+    tmp: Path
+    ports: dict[str, int]
+    nodes: dict[str, Proc] = field(default_factory=dict)
+    procs: list[Proc] = field(default_factory=list)
+
+    def start_node(self, name: str, *extra: str) -> Proc:
+        proc = Proc(
+            self.cloud.url,
+            self.tmp / f"node-{name}.log",
+            "--listen",
+            f"127.0.0.1:{self.ports[name]}",
+            "--node-name",
+            name,
+            *extra,
+        ).start()
+        self.nodes[name] = proc
+        self.procs.append(proc)
+        wait_until(lambda: name in self.live_nodes(), 30, what=f"node {name} to register")
+        return proc
+
+    def live_nodes(self) -> dict[str, int]:
+        return {n["name"]: n["edges"] for n in winstar(self.cloud.url, "cloud", "nodes", "--json")}
+
+    def edge(self, name: str, *node_names: str) -> Node:
+        """A new edge `name` of tenant Acme whose database knows the nodes ``node_names``."""
+        made = winstar(self.cloud.url, "edge", "create", name, "--tenant", "Acme", "--json")
+        node = Node(f"sqlite:///{self.tmp / (name + '.db')}")
+        addrs = ",".join(f"127.0.0.1:{self.ports[n]}" for n in node_names)
+        node.init_edge(addrs, made["routing_key"], made["secret"])
+        return node
+
+    def run_edge(self, edge: Node, log: str, *extra: str) -> Proc:
+        proc = Proc(edge.url, self.tmp / log, *extra).start()
+        self.procs.append(proc)
+        return proc
+
+    def serving(self, edge_name: str) -> str | None:
+        rows = winstar(self.cloud.url, "edge", "list", "--json")
+        return next(r["node"] for r in rows if r["name"] == edge_name)
+
+
+@pytest.fixture
+def fleet(pg_url, tmp_path):
+    cloud = Node(pg_url)
+    cloud.init_cloud("ce")
+    with cloud.cloud() as c:
+        t = c.create_tenant("Acme")
+        c.create_user("admin@acme.io", t, "TENANT_ADMIN")
+    f = Fleet(cloud, tmp_path, {n: free_port() for n in ("a", "b", "c")})
+    yield f
+    for p in f.procs:
+        if p.alive():
+            p.stop()
+    cloud.close()
+
+
+def _names(node: Node, type_name: str) -> list[str]:
+    with node.db.read() as conn:
+        return sorted(conn.scalars(sa.select(Entity.name).where(Entity.type == type_name)))
+
+
+def test_an_edge_served_by_one_node_gets_what_is_written_anywhere(fleet):
+    fleet.start_node("a")
+    fleet.start_node("b")
+    edge = fleet.edge("Plant 1", "a")
+    fleet.run_edge(edge, "edge.log")
+    wait_until(lambda: fleet.serving("Plant 1") == "a", 30, what="node a to serve the edge")
+    assert fleet.live_nodes() == {"a": 1, "b": 0}
+    status = winstar(fleet.cloud.url, "status", "--json")
+    assert [(e["name"], e["connected"], e["node"]) for e in status["edges"]] == [("Plant 1", True, "a")]
+    # written by a CLI process (no node at all), then a Sync Edge asked the same way: the serving
+    # node runs it
+    winstar(fleet.cloud.url, "entity", "create", "dashboard", "D", "--data", '{"title": "t"}', "--json")
+    winstar(fleet.cloud.url, "edge", "assign", "Plant 1", "dashboard", "D", "--json")
+    wait_until(lambda: _names(edge, "dashboard") == ["D"], 15, what="the dashboard on the edge")
+    winstar(fleet.cloud.url, "edge", "sync", "Plant 1", "--json")
+    wait_until(
+        lambda: winstar(fleet.cloud.url, "edge", "show", "Plant 1", "--json")["sync"]["state"] == "done",
+        30,
+        what="the sync, run by node a",
+    )
+    # node b stops cleanly: it leaves, and node a's edge is not touched
+    fleet.nodes["b"].stop()
+    wait_until(lambda: "b" not in fleet.live_nodes(), 10, what="node b to leave")
+    assert fleet.serving("Plant 1") == "a"
+
+
+def _drain_backlog(fleet: Fleet, edge: Node) -> None:
+    with fleet.cloud.cloud() as c:
+        t, e = c.find_tenant("Acme"), c.find_edge("Plant 1")
+        for i in range(N):
+            c.assign(e, c.create_entity("asset", f"a{i:05}", t))
+    with fleet.cloud.cloud() as c:
+        for a in c.entities.list_entities("asset")[:300]:
+            c.update_entity(a, data={"label": "v2"})
+    with edge.edge() as ed:
+        for i in range(N):
+            ed.create_entity("device", f"d{i:05}", None, user_email="admin@acme.io")
+
+
+def _statuses(node: Node, model) -> set[str]:
+    with node.db.read() as conn:
+        return set(conn.scalars(sa.select(model.status).distinct()))
+
+
+def test_a_node_killed_mid_drain_hands_its_edge_to_another_nothing_lost(fleet):
+    for name in ("a", "b", "c"):
+        fleet.start_node(name, *SLOW)
+    edge = fleet.edge("Plant 1", "a", "b", "c")
+    first = fleet.run_edge(edge, "edge.log", *SLOW)
+    wait_until(lambda: fleet.serving("Plant 1") == "a", 30, what="node a to serve the edge")
+    first.stop()  # offline while both sides queue thousands of changes
+    _drain_backlog(fleet, edge)
+    fleet.run_edge(edge, "edge2.log", *SLOW)
+    wait_until(lambda: len(_names(edge, "asset")) > 100, 60, interval=0.01, what="the drain to start")
+    fleet.nodes["a"].stop(signal.SIGKILL)
+    at_kill = len(_names(edge, "asset"))
+    assert at_kill < N, "the kill must land in the middle of the drain"
+    wait_until(lambda: fleet.serving("Plant 1") in ("b", "c"), 30, what="another node to serve the edge")
+
+    def drained() -> bool:
+        with fleet.cloud.db.read() as conn:
+            down = conn.scalar(
+                sa.select(sa.func.count()).select_from(EdgeEvent).where(EdgeEvent.status != "DELIVERED")
+            )
+        with edge.db.read() as conn:
+            up = conn.scalar(
+                sa.select(sa.func.count()).select_from(CloudEvent).where(CloudEvent.status != "DELIVERED")
+            )
+        return down == 0 and up == 0
+
+    wait_until(drained, 180, what="both drains to finish")
+    # every event exactly once, the updates after their creations
+    assert _names(edge, "asset") == [f"a{i:05}" for i in range(N)]
+    assert _names(fleet.cloud, "device") == [f"d{i:05}" for i in range(N)]
+    with edge.db.read() as conn:
+        versions = sorted(conn.scalars(sa.select(Entity.version).where(Entity.type == "asset")))
+    assert versions == [1] * (N - 300) + [2] * 300
+    # the killed node stops counting as live, and the fleet's picture says who serves
+    wait_until(lambda: "a" not in fleet.live_nodes(), 30, what="the killed node to stop counting")
+    live = fleet.live_nodes()
+    assert sum(live.values()) == 1 and set(live) == {"b", "c"}
+
+
+def test_one_edge_connecting_to_two_nodes_at_once_has_one_session(fleet):
+    fleet.start_node("a")
+    fleet.start_node("b")
+    edge = fleet.edge("Plant 1", "a")
+    # the same edge database (one box) run twice, each process told another node
+    fleet.run_edge(edge, "edge-a.log", "--cloud", f"127.0.0.1:{fleet.ports['a']}")
+    fleet.run_edge(edge, "edge-b.log", "--cloud", f"127.0.0.1:{fleet.ports['b']}")
+    wait_until(lambda: fleet.serving("Plant 1") is not None, 30, what="a node to serve the edge")
+    with fleet.cloud.cloud() as c:
+        t, e = c.find_tenant("Acme"), c.find_edge("Plant 1")
+        for i in range(200):
+            c.assign(e, c.create_entity("asset", f"a{i:03}", t))
+    with edge.edge() as ed:
+        for i in range(200):
+            ed.create_entity("device", f"d{i:03}", None, user_email="admin@acme.io")
+    for _ in range(20):  # whichever session wins, the fleet never shows two
+        live = fleet.live_nodes()
+        assert sum(live.values()) <= 1, live
+    wait_until(
+        lambda: (
+            _statuses(fleet.cloud, EdgeEvent) == {"DELIVERED"}
+            and _statuses(edge, CloudEvent) == {"DELIVERED"}
+        ),
+        120,
+        what="everything delivered",
+    )
+    assert _names(edge, "asset") == [f"a{i:03}" for i in range(200)]
+    assert _names(fleet.cloud, "device") == [f"d{i:03}" for i in range(200)]
+
+
+def test_a_restarted_node_leaves_the_other_nodes_edges_alone(fleet):
+    fleet.start_node("a")
+    fleet.start_node("b")
+    one, two = fleet.edge("Plant 1", "a"), fleet.edge("Plant 2", "b")
+    fleet.run_edge(one, "one.log")
+    two_proc = fleet.run_edge(two, "two.log")
+    wait_until(lambda: fleet.live_nodes() == {"a": 1, "b": 1}, 30, what="both edges served")
+    with fleet.cloud.db.read() as conn:
+        session_before = conn.scalar(
+            sa.select(sa.text("session_id")).select_from(sa.text("edge")).where(sa.text("name = 'Plant 2'"))
+        )
+    fleet.nodes["a"].stop()
+    assert fleet.serving("Plant 2") == "b"
+    fleet.start_node("a")
+    wait_until(lambda: fleet.live_nodes() == {"a": 1, "b": 1}, 30, what="node a to serve its edge again")
+    with fleet.cloud.db.read() as conn:
+        session_after = conn.scalar(
+            sa.select(sa.text("session_id")).select_from(sa.text("edge")).where(sa.text("name = 'Plant 2'"))
+        )
+    assert session_after == session_before  # node b's session went on, untouched
+    assert two_proc.output().count("connected to") == 1
+    assert isinstance(uuid.UUID(str(session_after)), uuid.UUID)

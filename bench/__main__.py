@@ -1,6 +1,8 @@
 """Winstar benchmarks: drain and latency, cloud on PostgreSQL, edge on SQLite, real gRPC on loopback.
 
     python -m bench [--events N] [--devices N] [--updates N] [--cloud-db URL] [--in-process]
+    python -m bench fanout [--edges N] ...      (bench/fanout.py: 1,000 edges on two nodes)
+    python -m bench failover [--edges N] ...    (bench/failover.py: a node killed during a drain)
 
 The cloud and the edge run as two `winstar run` processes, as they are deployed (``--in-process``:
 both on one event loop inside the benchmark's process, sharing its interpreter lock). The
@@ -169,6 +171,11 @@ def drain(link: InProcess | Processes, sender: Node, model: Any, type_name: str)
 
 
 def main() -> None:
+    if sys.argv[1:2] in (["fanout"], ["failover"]):
+        from importlib import import_module
+
+        import_module(f"bench.{sys.argv[1]}").main(sys.argv[2:])
+        return
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--events", type=int, default=20_000, help="cloud -> edge events to drain")
     ap.add_argument("--devices", type=int, default=10_000, help="edge -> cloud devices to drain")

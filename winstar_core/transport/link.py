@@ -331,7 +331,8 @@ class Sender:
     send: Callable[[list[pb.Event], int], Awaitable[None]]
     batch_size: int = BATCH_SIZE
     max_in_flight: int = MAX_IN_FLIGHT
-    poll_interval: float = 0.2
+    #: seconds between the sender's own looks at its outbox; None: only when woken
+    poll_interval: float | None = 0.2
     max_bytes: int = MAX_MESSAGE_BYTES // 2
     #: the largest message the peer accepts: an event that cannot fit in one is FAILED, not sent
     peer_limit: int = MAX_MESSAGE_BYTES

@@ -89,9 +89,9 @@ _ROUTING_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _AUTH_LANE = "auth"
 #: the lane of the node's own work (its poll, its heartbeat)
 _NODE_LANE = "node"
-#: a session's sender polls its outbox by itself only this rarely: the node wakes it (NOTIFY, or
-#: the node's one poll of all its sessions), so an idle session costs no query
-SESSION_POLL_S = 60.0
+#: a session's sender never polls its outbox by itself: the node wakes it (NOTIFY, or the node's
+#: one poll of all its sessions), so an idle session costs no query and no timer
+SESSION_POLL_S: float | None = None
 
 
 class LinkClosed(Exception):
@@ -201,8 +201,6 @@ class EdgeSession:
             self._send_downlinks,
             batch_size=server.batch_size,
             max_in_flight=server.max_in_flight,
-            # the node wakes the sender (NOTIFY, or its own poll of every session): this is a
-            # last resort, so an idle session costs no query
             poll_interval=SESSION_POLL_S,
             max_bytes=limit // 2,
             peer_limit=limit,

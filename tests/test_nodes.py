@@ -16,8 +16,6 @@ from procs import Proc, free_port, wait_until, winstar
 from winstar_core.node import Node
 from winstar_core.store.models import CloudEvent, EdgeEvent, Entity
 
-pytestmark = pytest.mark.postgres
-
 N = 1500
 SLOW = ("--batch-size", "20", "--max-in-flight", "1")
 
@@ -221,3 +219,30 @@ def test_a_restarted_node_leaves_the_other_nodes_edges_alone(fleet):
     assert session_after == session_before  # node b's session went on, untouched
     assert two_proc.output().count("connected to") == 1
     assert isinstance(uuid.UUID(str(session_after)), uuid.UUID)
+
+
+def test_a_node_name_is_one_live_node_and_a_valid_name(tmp_path):
+    db = f"sqlite:///{tmp_path / 'cloud.db'}"
+    winstar(db, "init", "cloud", "--json")
+    port = free_port()
+    first = Proc(db, tmp_path / "x.log", "--listen", f"127.0.0.1:{port}", "--node-name", "x").start()
+    try:
+        wait_until(
+            lambda: [n["name"] for n in winstar(db, "cloud", "nodes", "--json")] == ["x"], 30, what="node x"
+        )
+        again = winstar(db, "run", "--listen", f"127.0.0.1:{free_port()}", "--node-name", "x", check=False)
+        assert again.returncode == 1
+        assert again.stderr.strip().splitlines() == [
+            line for line in again.stderr.strip().splitlines() if "a cloud node named 'x' is running" in line
+        ]
+        long = winstar(
+            db, "run", "--listen", f"127.0.0.1:{free_port()}", "--node-name", "n" * 300, check=False
+        )
+        assert long.returncode == 1 and "at most 255 characters" in long.stderr
+        # the same address again (the node was killed a moment ago): it takes its name back at once
+        first.stop(signal.SIGKILL)
+        first = Proc(db, tmp_path / "x2.log", "--listen", f"127.0.0.1:{port}", "--node-name", "x").start()
+        wait_until(lambda: "cloud node 'x' serving" in first.output(), 30, what="node x again")
+    finally:
+        first.stop()
+    assert winstar(db, "cloud", "nodes", "--json") == []  # it left cleanly

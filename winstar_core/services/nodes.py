@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from winstar_core.errors import Conflict
 from winstar_core.services.ids import chunks
+from winstar_core.services.names import clean_name
 from winstar_core.services.views import iso
 from winstar_core.store.models import CloudNode, Edge, now_ms
 
@@ -52,6 +53,7 @@ def register_node(session: Session, name: str, address: str) -> CloudNode:
     name elsewhere is a :class:`Conflict` (two processes would share one identity); a dead one,
     or one registered at this very address (which this process could bind: the old one is gone,
     killed a moment ago), is replaced."""
+    name = clean_name(name, "a cloud node")
     now = now_ms()
     existing = session.scalars(sa.select(CloudNode).where(CloudNode.name == name)).first()
     if existing is not None:

@@ -434,3 +434,71 @@ def test_an_edges_update_replaces_the_data_whatever_merge_does(kit, make_platfor
     assert kit.json(edge, "entity", "show", "journal", made["id"])["data"] == {"entries": ["x", "y"]}
     assert kit.deliver_uplinks(edge, cloud).ok
     assert kit.json(cloud, "entity", "show", "journal", made["id"])["data"] == {"entries": ["x", "y"]}
+
+
+def test_release_keeps_a_membership_behind_its_released_member_and_none_releases_all(cloud_node):
+    with cloud_node.cloud() as c:
+        t = c.create_tenant("Acme")
+        edge, _ = c.create_edge("edge", t)
+    member, group = uuid.uuid4(), uuid.uuid4()
+    join = pb.Membership(container_id=str(group), member_id=str(member)).SerializeToString()
+    rows = [  # seq, type, action, entity, body, status
+        (1, "dashboard", "ADDED", member, b"", "HELD"),
+        (2, "entity_group", "MEMBER_ADDED", group, join, "PENDING"),  # written while the edge was away
+        (3, "gauge", "ADDED", uuid.uuid4(), b"", "HELD"),
+    ]
+    with cloud_node.db.begin() as s:
+        for seq, type_, action, entity, body, status in rows:
+            s.add(
+                EdgeEvent(
+                    edge_id=edge.id,
+                    seq=seq,
+                    tenant_id=t.id,
+                    type=type_,
+                    action=action,
+                    entity_id=entity,
+                    body=body,
+                    status=status,
+                )
+            )
+        s.execute(
+            sa.text("UPDATE stream_counter SET last_seq = 3 WHERE stream = :s"), {"s": f"downlink:{edge.id}"}
+        )
+    caps = Capabilities({"dashboard": 1, "entity_group": 1}, {"dashboard": 1, "entity_group": 1}, "the edge")
+    with cloud_node.db.begin() as s:
+        assert release_held(s, EdgeEvent, caps, edge.id) == 1
+
+    def order() -> list[tuple[str, str]]:
+        with cloud_node.db.read() as conn:
+            return [
+                tuple(r)
+                for r in conn.execute(sa.select(EdgeEvent.action, EdgeEvent.status).order_by(EdgeEvent.seq))
+            ]
+
+    assert order() == [("ADDED", "HELD"), ("ADDED", "PENDING"), ("MEMBER_ADDED", "PENDING")]
+    with cloud_node.db.begin() as s:  # a peer that announces nothing is sent everything
+        assert release_held(s, EdgeEvent, None, edge.id) == 1
+    assert [st for _, st in order()] == ["PENDING"] * 3
+
+
+def test_retry_does_not_bring_back_a_deleted_or_unassigned_entity(cloud_node):
+    with cloud_node.cloud() as c:
+        t = c.create_tenant("Acme")
+        edge, _ = c.create_edge("edge", t)
+        gone, moved, kept = (c.create_entity("asset", n, t) for n in ("gone", "moved", "kept"))
+        for a in (gone, moved, kept):
+            c.assign(edge, a)
+    with cloud_node.db.begin() as s:  # the three ADDED failed on the edge
+        s.execute(sa.update(EdgeEvent).values(status="FAILED", error="refused"))
+    with cloud_node.cloud() as c:
+        c.delete_entity(c.entities.find_entity("asset", "gone"))
+        c.unassign(c.find_edge("edge"), c.entities.find_entity("asset", "moved"))
+    with cloud_node.cloud() as c:
+        again = c.retry_failed(c.find_edge("edge"))
+    assert len(again) == 1  # only the asset still on the edge is sent again
+    with cloud_node.cloud() as c:
+        rows = {r.entity_id: r for r in c.downlinks(c.find_edge("edge"), status="FAILED")}
+        assert rows[gone.id].error.endswith("(not retried: the entity no longer exists)")
+        assert rows[moved.id].error.endswith("(not retried: the entity is no longer assigned to this edge)")
+        assert c.retry_failed(c.find_edge("edge")) == []  # and asking again changes nothing
+        assert rows[gone.id].error.count("not retried") == 1

@@ -112,7 +112,9 @@ class CloudEdges(CloudBase):
 
     def retry_failed(self, edge: Edge, seqs: list[int] | None = None) -> list[int]:
         """Send FAILED downlinks of ``edge`` again (all, or those ``seqs``), as new events."""
-        return retry_failed(self.session, EdgeEvent, seqs, edge.id, self.entities.current_body)
+        return retry_failed(
+            self.session, EdgeEvent, seqs, edge.id, lambda row: self.entities.current_body(row, edge.id)
+        )
 
     def request_sync(self, edge: Edge) -> None:
         """Sync Edge: the node serving the edge runs it now, or when the edge reconnects."""

@@ -15,7 +15,7 @@ from winstar_core.errors import Conflict, NotFound, WinstarError
 from winstar_core.services.constants import ADDED, MAX_SCOPE, UPDATED
 from winstar_core.services.ids import chunks, parse_uuid
 from winstar_core.services.names import clean_name
-from winstar_core.store.models import Entity, EntityMember, Tenant, now_ms
+from winstar_core.store.models import Assignment, Entity, EntityMember, Tenant, now_ms
 from winstar_core.transport.pb import sync_pb2 as pb
 
 
@@ -197,15 +197,33 @@ class EntityStore:
             self.session.flush()
         return changed
 
-    def current_body(self, event: Any) -> bytes | None:
-        """For an outbox row about an entity's state (ADDED/UPDATED): the entity's state as it is
-        now, None when the entity no longer exists (or the row is about something else)."""
+    def current_body(self, event: Any, edge_id: uuid.UUID | None = None) -> bytes | str | None:
+        """What a retry of the outbox row ``event`` sends. For an entity's state (ADDED/UPDATED):
+        the entity as it is now; a reason not to send it (a ``str``) when the entity no longer
+        exists or, for the cloud's stream to ``edge_id``, is no longer assigned to that edge (a
+        retried copy goes to the end of the stream, after the DELETED or UNASSIGNED that followed
+        the failure: it must not bring the entity back). None: send the stored body (any other
+        event)."""
         if event.action not in (ADDED, UPDATED) or event.entity_id is None or event.type not in self.types:
             return None
         entity = self.session.get(Entity, event.entity_id)
         if entity is None or entity.type != event.type:
-            return None
+            return "the entity no longer exists"
+        if edge_id is not None and not self._assigned(entity.id, edge_id):
+            return "the entity is no longer assigned to this edge"
         return entity_state(entity, self.types).SerializeToString()
+
+    def _assigned(self, entity_id: uuid.UUID, edge_id: uuid.UUID) -> bool:
+        """Whether ``entity_id`` is assigned to ``edge_id``, directly or through a container."""
+        direct = sa.select(Assignment.entity_id).where(
+            Assignment.edge_id == edge_id, Assignment.entity_id == entity_id
+        )
+        via = (
+            sa.select(EntityMember.member_id)
+            .join(Assignment, Assignment.entity_id == EntityMember.container_id)
+            .where(Assignment.edge_id == edge_id, EntityMember.member_id == entity_id)
+        )
+        return self.session.execute(sa.union(direct, via).limit(1)).first() is not None
 
     def members(self, container: Entity) -> list[Entity]:
         """The members of ``container``, by name."""

@@ -243,14 +243,15 @@ def retry_failed(
     model: Any,
     seqs: list[int] | None,
     edge_id: uuid.UUID | None = None,
-    refresh: Callable[[Any], bytes | None] | None = None,
+    refresh: Callable[[Any], bytes | str | None] | None = None,
 ) -> list[int]:
     """Queue FAILED events again, as new events at the end of their stream (new seqs), each at
     most once: the failed rows stay, with ``retried_as`` (and their error) naming the seq of their
     copy, and are not retried again (a copy that fails in turn is retried as itself).
     ``refresh(row)``: the body to send instead of the stored one (the entity's current state,
-    read again: a retry after a plugin upgrade sends what the entity is now), None to keep it.
-    Returns the new seqs."""
+    read again: a retry after a plugin upgrade sends what the entity is now), None to keep it, or
+    a reason not to send the event again at all (the entity is gone): the row stays FAILED, its
+    error says why, and it is not counted. Returns the new seqs."""
     where = [model.status == "FAILED", model.retried_as.is_(None)]
     if edge_id is not None:
         where.append(model.edge_id == edge_id)
@@ -265,12 +266,25 @@ def retry_failed(
         failed.sort(key=lambda row: row.seq)
     else:
         failed = list(session.scalars(stmt))
+    bodies: list[bytes] = []
+    kept = []
+    for old in failed:
+        fresh = refresh(old) if refresh is not None else None
+        if isinstance(fresh, str):  # not to be sent again
+            note = f" (not retried: {fresh})"
+            if not (old.error or "").endswith(note):
+                old.error = f"{old.error or ''}{note}"
+            continue
+        kept.append(old)
+        bodies.append(bytes(old.body or b"") if fresh is None else fresh)
+    failed = kept
     if not failed:
         return []
     stream = downlink_stream(edge_id) if edge_id is not None else UPLINK_STREAM
     first = allocate(session, stream, len(failed))
     again = [
-        OutboxEvent(old.tenant_id, old.type, old.action, old.entity_id, _body(old, refresh)) for old in failed
+        OutboxEvent(old.tenant_id, old.type, old.action, old.entity_id, body)
+        for old, body in zip(failed, bodies, strict=True)
     ]
     session.execute(sa.insert(model), _rows(first, now_ms(), again, edge_id))
     for i, old in enumerate(failed):
@@ -278,8 +292,3 @@ def retry_failed(
         old.error = f"{old.error} (retried as seq {first + i})"
     notify_senders(session, [edge_id] if edge_id is not None else [], edge_id is None)
     return [first + i for i in range(len(failed))]
-
-
-def _body(row: Any, refresh: Callable[[Any], bytes | None] | None) -> bytes:
-    fresh = refresh(row) if refresh is not None else None
-    return bytes(row.body or b"") if fresh is None else fresh

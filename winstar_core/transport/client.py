@@ -270,7 +270,7 @@ class EdgeClient:
                 raise ProtocolViolation(f"the Welcome's edge configuration: {reason(exc)}") from None
             self._catch_up(edge, welcome.applied_uplink_seq)
             self._caps = self._capabilities(welcome)
-            released = release_held(edge.session, CloudEvent, self._caps) if self._caps else 0
+            released = release_held(edge.session, CloudEvent, self._caps)
             if released:
                 log.info("the cloud now reads %d held uplink(s): sending them", released)
             set_config(edge.session, "connected", True)

@@ -108,6 +108,14 @@ class Capabilities:
             self.held_entities.setdefault(entity_id, seq)
         return reason
 
+    def needs_body(self, type_: str, action: str) -> bool:
+        """Whether :meth:`why_held` needs the event's body to decide (a membership's member, or
+        the schema version of a state of a type the receiver knows in an older version)."""
+        if action in MEMBER_ACTIONS:
+            return True
+        known = self.peer.get(type_)
+        return action in STATE_ACTIONS and known is not None and self.local.get(type_, 0) > known
+
     def load_held(self, session_or_conn: Any, model: Any, edge_id: uuid.UUID | None) -> None:
         """Learn the entities the stream holds (the sender starts with them)."""
         where = [model.status == HELD, model.entity_id.is_not(None)]
@@ -118,43 +126,46 @@ class Capabilities:
             self.held_entities[str(entity_id)] = int(seq)
 
 
-def release_held(session: Session, model: Any, caps: Capabilities, edge_id: uuid.UUID | None = None) -> int:
-    """Send again what the receiver can now read: its held events that became readable move, in
-    their order, to the end of the stream (status PENDING), with the pending events of the same
-    entities behind them. Returns how many held events were released. ``caps`` starts empty and
-    ends knowing the entities still held."""
+def release_held(
+    session: Session, model: Any, caps: Capabilities | None, edge_id: uuid.UUID | None = None
+) -> int:
+    """Send again what the receiver can now read (``caps`` None: a peer that announced nothing,
+    which is sent everything): its held events that became readable move, in their order, to the
+    end of the stream (status PENDING), with the pending events written after them that concern
+    the same entities (naming one, or a membership of one). Returns how many held events were
+    released. ``caps`` starts empty and ends knowing the entities still held.
+
+    Reads the held rows without their bodies, then only the bodies the decision needs (entity
+    states of a type the peer knows in an older version, memberships), a chunk at a time."""
     where = [model.status == HELD]
     if edge_id is not None:
         where.append(model.edge_id == edge_id)
     held = session.execute(
-        sa.select(model.id, model.seq, model.type, model.action, model.entity_id, model.body)
+        sa.select(model.id, model.seq, model.type, model.action, model.entity_id)
         .where(*where)
         .order_by(model.seq)
     ).all()
     if not held:
         return 0
+    bodies: dict[uuid.UUID, bytes] = {}
+    if caps is not None:
+        need = [row[0] for row in held if caps.needs_body(row[2], row[3])]
+        for i in range(0, len(need), 500):
+            bodies.update(
+                session.execute(sa.select(model.id, model.body).where(model.id.in_(need[i : i + 500]))).all()
+            )
     released: list[tuple[int, uuid.UUID]] = []
     first_of: dict[uuid.UUID, int] = {}
-    for row_id, seq, type_, action, entity_id, body in held:
-        if caps.why_held(seq, type_, action, str(entity_id) if entity_id else "", body or b"") is None:
+    for row_id, seq, type_, action, entity_id in held:
+        eid = str(entity_id) if entity_id else ""
+        if caps is None or caps.why_held(seq, type_, action, eid, bodies.get(row_id, b"")) is None:
             released.append((seq, row_id))
             if entity_id is not None:
                 first_of.setdefault(entity_id, seq)
     if not released:
         return 0
-    # the pending events of the released entities written after them: they were never sent (the
-    # sender would have held them), and must stay behind their entity's earlier events
-    pending_where = [model.status == PENDING]
-    if edge_id is not None:
-        pending_where.append(model.edge_id == edge_id)
-    ids = sorted(first_of, key=str)
-    for i in range(0, len(ids), 500):
-        chunk = ids[i : i + 500]
-        for row_id, seq, entity_id in session.execute(
-            sa.select(model.id, model.seq, model.entity_id).where(*pending_where, model.entity_id.in_(chunk))
-        ):
-            if seq > first_of[entity_id]:
-                released.append((seq, row_id))
+    held_count = len(released)
+    released.extend(_behind(session, model, edge_id, first_of, released[0][0]))
     released.sort()
     stream = downlink_stream(edge_id) if edge_id is not None else UPLINK_STREAM
     first = allocate(session, stream, len(released))
@@ -165,5 +176,33 @@ def release_held(session: Session, model: Any, caps: Capabilities, edge_id: uuid
         .values(seq=sa.bindparam("b_seq"), status=PENDING, error=None),
         [{"b_id": row_id, "b_seq": first + n} for n, (_, row_id) in enumerate(released)],
     )
-    held_ids = {row[0] for row in held}
-    return sum(1 for _, row_id in released if row_id in held_ids)
+    return held_count
+
+
+def _behind(
+    session: Session, model: Any, edge_id: uuid.UUID | None, first_of: dict[uuid.UUID, int], lowest: int
+) -> list[tuple[int, uuid.UUID]]:
+    """The PENDING events after the released ones that must stay behind them: about a released
+    entity (after its first released event), or a membership whose member is one. They were never
+    sent (the sender holds whatever follows a held event of the same entity), so moving them
+    delivers nothing twice."""
+    where = [model.status == PENDING, model.seq > lowest]
+    if edge_id is not None:
+        where.append(model.edge_id == edge_id)
+    out: dict[uuid.UUID, int] = {}
+    ids = sorted(first_of, key=str)
+    for i in range(0, len(ids), 500):
+        for row_id, seq, entity_id in session.execute(
+            sa.select(model.id, model.seq, model.entity_id).where(
+                *where, model.entity_id.in_(ids[i : i + 500])
+            )
+        ):
+            if seq > first_of[entity_id]:
+                out[row_id] = seq
+    members = {str(e): seq for e, seq in first_of.items()}
+    stmt = sa.select(model.id, model.seq, model.body).where(*where, model.action.in_(MEMBER_ACTIONS))
+    for row_id, seq, body in session.execute(stmt.execution_options(yield_per=500)):
+        first = members.get(_member_id(body or b""))
+        if first is not None and seq > first:
+            out[row_id] = seq
+    return [(seq, row_id) for row_id, seq in out.items()]

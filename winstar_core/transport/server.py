@@ -257,7 +257,7 @@ class EdgeSession:
             if isinstance(behind, Refusal):
                 return behind
             caps = self._capabilities()
-            released = release_held(cloud.session, EdgeEvent, caps, self.edge_id) if caps else 0
+            released = release_held(cloud.session, EdgeEvent, caps, self.edge_id)
             if released:
                 log.info("edge %s now reads %d held downlink(s): sending them", self.edge_id, released)
             row = cloud.session.get(StreamMark, self.receiver.stream)

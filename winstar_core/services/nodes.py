@@ -128,6 +128,9 @@ def heartbeat(session: Session, node: CloudNode, owned: dict[uuid.UUID, uuid.UUI
     result: Any = session.execute(sa.update(CloudNode).where(CloudNode.id == node.id).values(last_seen=now))
     found = result.rowcount
     if not found:  # this node stalled past its expiry and another removed it: register again
+        taken = session.scalars(sa.select(CloudNode.id).where(CloudNode.name == node.name)).first()
+        if taken is not None:  # and another node took its name meanwhile: take a name of its own
+            node.name = f"{node.name[:200]} ({str(node.id)[:8]})"
         session.add(
             CloudNode(id=node.id, name=node.name, address=node.address, started=node.started, last_seen=now)
         )

@@ -42,6 +42,7 @@ from winstar_core.store.models import (
     HELD,
     PENDING,
     CloudEvent,
+    Edge,
     EdgeEvent,
     StreamCounter,
     StreamFailure,
@@ -144,6 +145,9 @@ class OutboxStream:
 
     db: Database
     edge_id: uuid.UUID | None = None
+    #: the cloud's session sending this stream: events are held only while it owns the edge (a
+    #: session taken over by another node must not hold again what the new one just released)
+    owner: uuid.UUID | None = None
 
     @property
     def model(self) -> Any:
@@ -227,6 +231,8 @@ class OutboxStream:
         """Mark events HELD with their reasons: ``held`` is (seq, reason) pairs."""
         t = self.model.__table__
         where = [t.c.edge_id == self.edge_id] if self.edge_id is not None else []
+        if self.owner is not None:
+            where.append(sa.exists().where(Edge.id == self.edge_id, Edge.session_id == self.owner))
         with self.db.begin() as s:
             s.execute(
                 sa.update(t)

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
@@ -92,6 +93,8 @@ _NODE_LANE = "node"
 #: a session's sender never polls its outbox by itself: the node wakes it (NOTIFY, or the node's
 #: one poll of all its sessions), so an idle session costs no query and no timer
 SESSION_POLL_S: float | None = None
+#: listen addresses that name no one machine: a node's default name uses the host name instead
+WILDCARD_HOSTS = ("", "0.0.0.0", "::", "*")
 
 
 class LinkClosed(Exception):
@@ -190,14 +193,15 @@ class EdgeSession:
         self.ended = asyncio.Event()
         #: the edge moved to this box (reset-instance): a full sync is due
         self.moved = False
-        #: this session's id in the edge row while it owns the edge (services/nodes.py)
-        self.session_id = uuid.uuid4()
+        #: (self.session_id: this session's id in the edge row while it owns the edge, see
+        #: services/nodes.py; set before the sender, which holds events only while it owns it)
         #: why the session ends when it is closed from outside (``closed`` is set)
         self.end_reason = "closed"
         self.context: grpc.aio.ServicerContext | None = None
         limit = min(hello.max_message_bytes or MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES)
+        self.session_id = uuid.uuid4()
         self.sender = Sender(
-            OutboxStream(self.node.db, edge_id),
+            OutboxStream(self.node.db, edge_id, owner=self.session_id),
             self._send_downlinks,
             batch_size=server.batch_size,
             max_in_flight=server.max_in_flight,
@@ -694,6 +698,8 @@ class CloudServer:
 
     def _register(self) -> CloudNode:
         host = self.listen_addr.rsplit(":", 1)[0]
+        if host.strip("[]") in WILDCARD_HOSTS:  # every machine's 0.0.0.0:7070 is its own
+            host = socket.gethostname()
         address = f"{host}:{self.port}"
         with self.node.db.begin() as s:
             row = register_node(s, self.node_name or address, address)
@@ -742,7 +748,9 @@ class CloudServer:
                 if loop.time() - last_beat >= NODE_HEARTBEAT_S:
                     last_beat = loop.time()
                     owned = {e: s.session_id for e, s in sessions.items()}
-                    beat = await self.executor.run(_NODE_LANE, "beat", self._beat, owned)
+                    # on a thread of its own: a node busy with its tenants' work still beats
+                    beat = await asyncio.to_thread(self._beat, owned)
+                    self.node_name = self.node_row.name if self.node_row is not None else self.node_name
                     for edge_id in beat.lost:
                         if (lost := sessions.get(edge_id)) is not None:
                             lost.end("taken_over")

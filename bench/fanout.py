@@ -1,7 +1,8 @@
 """Fan-out to many edges held by two cloud nodes: `python -m bench fanout`.
 
     python -m bench fanout [--edges 1000] [--generators 2] [--updates 3] [--idle-seconds 20]
-                           [--cloud-db URL] [--client-poll 2.0] [--keep]
+                           [--client-poll 2.0] [--ramp 0] [--default-poll-seconds 10]
+                           [--cloud-db URL] [--share-connections] [--profile] [--keep]
 
 The cloud runs as two `winstar run --node-name n1/n2` processes on one PostgreSQL database; the
 edges are ``--edges`` SQLite databases in a temporary folder, held by ``--generators`` load
@@ -20,10 +21,20 @@ real gRPC over 127.0.0.1. Measured, from /proc (CPU: utime+stime; memory: VmRSS)
   ``edge_event`` rows: the sender's clock, after the edge applied and committed it), then every
   edge database is checked for the new version.
 
-The edge client polls its SQLite outbox every 50 ms by default, which is nothing for one edge on
-its own box but 20,000 queries a second for 1,000 clients in one process: the generators set the
-client's ``poll_interval`` to ``--client-poll`` (2 s, the client's value on PostgreSQL), and a
-last phase measures them at the client's default for ``--default-poll-seconds``.
+The clients start all at once (as after a restart of the cloud), or ``--ramp`` a second. Where a
+generator differs from an edge on its own box, and why:
+
+- the edge client polls its SQLite outbox every 50 ms by default, which is nothing for one edge
+  on its own box but 20,000 queries a second for 1,000 clients in one process: the generators set
+  the client's ``poll_interval`` to ``--client-poll`` (2 s, the client's value on PostgreSQL), and
+  a last phase measures them at the client's default for ``--default-poll-seconds``;
+- every client gets its own TCP connection (``grpc.use_local_subchannel_pool``): in one process
+  gRPC shares one connection per target among all channels, and a node refuses a connection's
+  17th stream (``--share-connections`` keeps gRPC's default, to see it).
+
+``--profile`` runs the nodes under yappi (``pip install yappi``; CPU clock, every thread) for an
+idle window and for the fan-outs, and the first update's transaction under cProfile, and prints
+where the CPU went and which transactions ran how often (pstat files in the temporary folder).
 
 Prints each figure next to the raw limits measured in the same run (the databases' insert rates,
 the machine's CPU use before anything of the benchmark runs).
@@ -764,6 +775,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.generate:
         generate(args.generate)
         return
+    if args.profile:
+        try:
+            import yappi  # noqa: F401 - the nodes import it
+        except ImportError:
+            ap.error("--profile needs yappi in this environment: pip install yappi")
     exit_on_sigterm()
     tmp = Path(tempfile.mkdtemp(prefix="winstar-fanout-"))
     try:
@@ -991,7 +1007,8 @@ def _fanout(
         for line in profile_summary(nodes.profile / "commit.pstat"):
             print(f"profile of the first update's transaction (this process, cProfile): {line}")
         collect_profiles(profiled_pids, nodes.profile, 2, f"{args.updates} fan-outs")
-        print(f"profiles (pstat files): {nodes.profile}")
+        if args.keep:
+            print(f"profiles (pstat files): {nodes.profile}")
     progress("checking every edge database")
     version = 1 + args.updates
     stale = [

@@ -346,12 +346,16 @@ class Sender:
     #: what the receiver can read (from its handshake); None: send everything
     caps: Capabilities | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: whether the stream may hold events beyond the last fetched (False: fetch only when woken)
+    _more: bool = True
     #: the seqs of each batch sent and not yet acknowledged, oldest first
     _in_flight: collections.deque[tuple[int, ...]] = field(default_factory=collections.deque)
     sent: int = 0
     progress: DrainProgress = field(default_factory=lambda: DrainProgress("events"))
 
     def wake(self) -> None:
+        """New events may be there: look again."""
+        self._more = True
         self._wake.set()
 
     async def run(self) -> None:
@@ -364,6 +368,9 @@ class Sender:
                 events, last_seq = await self.offload(
                     self.stream.fetch, cursor, min(self.batch_size, MAX_BATCH_EVENTS), self.max_bytes
                 )
+                # the stream's counter was read after the events: nothing beyond the last of them
+                # means a fetch now would find nothing (until a wake says new events came)
+                self._more = bool(events) and last_seq > events[-1].seq
                 if not events:
                     if not self._in_flight:
                         self.progress.idle()
@@ -372,12 +379,13 @@ class Sender:
                 self.progress.sending()
                 events = await self._hold(events)
                 events = await self._refuse_oversize(events)
-                if not events:
-                    continue
-                self._in_flight.append(tuple(e.seq for e in events))
-                self.sent += len(events)
-                metrics.batch_sent(self.stream.direction, len(events))
-                await self.send(events, last_seq)
+                if events:
+                    self._in_flight.append(tuple(e.seq for e in events))
+                    self.sent += len(events)
+                    metrics.batch_sent(self.stream.direction, len(events))
+                    await self.send(events, last_seq)
+                if not self._more:
+                    break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
 
@@ -448,7 +456,10 @@ class Sender:
         pending = await self.offload(self.stream.pending) if self.progress.due() else None
         self.progress.acked(ack.results, pending)
         self._in_flight.popleft()
-        self._wake.set()
+        if self._more:  # the window was full: send what waits behind it
+            self._wake.set()
+        elif not self._in_flight:  # nothing sent waits, nothing more was there: the drain is over
+            self.progress.idle()
 
 
 # --------------------------------------------------------------------------------------------------

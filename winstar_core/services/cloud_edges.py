@@ -16,7 +16,13 @@ from winstar_core.services.ids import parse_uuid
 from winstar_core.services.names import clean_name
 from winstar_core.services.nodes import node_alive
 from winstar_core.store.models import CloudNode, Customer, Edge, EdgeEvent, Tenant, now_ms
-from winstar_core.store.outbox import downlink_stream, ensure_stream, notify_senders, retry_failed
+from winstar_core.store.outbox import (
+    downlink_stream,
+    ensure_stream,
+    list_events,
+    notify_senders,
+    retry_failed,
+)
 
 
 def edge_node(edge: Edge) -> CloudNode | None:
@@ -102,13 +108,7 @@ class CloudEdges(CloudBase):
 
     def downlinks(self, edge: Edge, status: str | None = None, limit: int | None = None) -> list[EdgeEvent]:
         """The downlinks of ``edge``, newest first (those in ``status``, at most ``limit``, if given)."""
-        stmt = sa.select(EdgeEvent).where(EdgeEvent.edge_id == edge.id)
-        if status:
-            stmt = stmt.where(EdgeEvent.status == status.upper())
-        stmt = stmt.order_by(EdgeEvent.seq.desc())
-        if limit:
-            stmt = stmt.limit(limit)
-        return list(self.session.scalars(stmt))
+        return list_events(self.session, EdgeEvent, status, limit, edge.id)
 
     def retry_failed(self, edge: Edge, seqs: list[int] | None = None) -> list[int]:
         """Send FAILED downlinks of ``edge`` again (all, or those ``seqs``), as new events."""

@@ -12,7 +12,7 @@ from winstar_core.services.constants import ADDED, DELETED, UPDATED
 from winstar_core.services.edge_base import EdgeBase
 from winstar_core.services.entities import entity_state
 from winstar_core.store.models import PENDING, CloudEvent, Entity, User
-from winstar_core.store.outbox import OutboxEvent, retry_failed
+from winstar_core.store.outbox import OutboxEvent, list_events, retry_failed
 
 
 def may_write(user: User, resource: str, edition: str) -> bool:
@@ -97,13 +97,7 @@ class EdgeEntities(EdgeBase):
 
     def uplinks(self, status: str | None = None, limit: int | None = None) -> list[CloudEvent]:
         """The uplinks, newest first (those in ``status``, at most ``limit``, if given)."""
-        stmt = sa.select(CloudEvent)
-        if status:
-            stmt = stmt.where(CloudEvent.status == status.upper())
-        stmt = stmt.order_by(CloudEvent.seq.desc())
-        if limit:
-            stmt = stmt.limit(limit)
-        return list(self.session.scalars(stmt))
+        return list_events(self.session, CloudEvent, status, limit)
 
     def retry_failed(self, seqs: list[int] | None = None) -> list[int]:
         """Send FAILED uplinks again (all, or those ``seqs``), as new events."""

@@ -292,3 +292,19 @@ def retry_failed(
         old.error = f"{old.error} (retried as seq {first + i})"
     notify_senders(session, [edge_id] if edge_id is not None else [], edge_id is None)
     return [first + i for i in range(len(failed))]
+
+
+def list_events(
+    session: Session, model: Any, status: str | None, limit: int | None, edge_id: uuid.UUID | None = None
+) -> list[Any]:
+    """An outbox's rows, newest first: those of ``edge_id`` (the cloud's), in ``status``, at most
+    ``limit``, when given (the Downlinks and Uplinks views)."""
+    stmt = sa.select(model)
+    if edge_id is not None:
+        stmt = stmt.where(model.edge_id == edge_id)
+    if status:
+        stmt = stmt.where(model.status == status.upper())
+    stmt = stmt.order_by(model.seq.desc())
+    if limit:
+        stmt = stmt.limit(limit)
+    return list(session.scalars(stmt))

@@ -17,14 +17,13 @@ from contextlib import suppress
 from typing import Any
 
 import grpc
-import sqlalchemy as sa
 
 from winstar_core import metrics
 from winstar_core.errors import WinstarError
 from winstar_core.node import Node, check_addresses, read_secret
 from winstar_core.services.common import get_config, set_config
 from winstar_core.services.edge import EdgeService
-from winstar_core.store.models import PENDING, CloudEvent, now_ms
+from winstar_core.store.models import CloudEvent, now_ms
 from winstar_core.store.outbox import (
     DOWNLINK_MARK_STREAM,
     NOTIFY_CHANNEL_UPLINK,
@@ -162,13 +161,7 @@ class EdgeClient:
 
     def pending_uplinks_count(self) -> int:
         """Uplinks not delivered yet (the metrics' scrape asks, from its own thread)."""
-        with self.node.db.read() as conn:
-            return int(
-                conn.scalar(
-                    sa.select(sa.func.count()).select_from(CloudEvent).where(CloudEvent.status == PENDING)
-                )
-                or 0
-            )
+        return OutboxStream(self.node.db).pending()
 
     # -- state shown by `winstar status` -----------------------------------------------------------
 
@@ -239,10 +232,7 @@ class EdgeClient:
 
     def _undelivered(self) -> str:
         """For a refusal (another box is the edge...): what this box holds that did not go up."""
-        with self.node.db.read() as conn:
-            n = conn.scalar(
-                sa.select(sa.func.count()).select_from(CloudEvent).where(CloudEvent.status == "PENDING")
-            )
+        n = self.pending_uplinks_count()
         return f" ({n:,} uplinks of this box not delivered: `winstar uplinks --status pending`)" if n else ""
 
     def _hello(self, receiver: Receiver) -> pb.Hello:

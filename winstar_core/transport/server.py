@@ -12,6 +12,7 @@ goes through one :class:`~winstar_core.transport.fair.FairExecutor`, shared fair
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import re
@@ -687,10 +688,10 @@ class CloudServer:
                         .group_by(EdgeEvent.edge_id)
                     ).all()
                 )
-            taken = [names.get(i, str(i)) for i in ids]
+            taken = collections.Counter(names.get(i, str(i)) for i in ids)  # one pass, not one per edge
             for edge_id in ids:
                 name = names.get(edge_id, str(edge_id))
-                label = name if taken.count(name) == 1 else f"{name} ({str(edge_id)[:8]})"
+                label = name if taken[name] == 1 else f"{name} ({str(edge_id)[:8]})"
                 pending[label] = int(counts.get(edge_id, 0))
         return metrics.CloudGauges(connected_edges=len(sessions), pending=pending)
 

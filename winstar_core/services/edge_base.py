@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from winstar_core.errors import WinstarError
@@ -15,12 +16,17 @@ from winstar_core.services.batch import BatchCache
 from winstar_core.services.config import get_config
 from winstar_core.services.entities import EntityStore
 from winstar_core.services.ids import parse_uuid
+from winstar_core.store.models import NodeConfig
 from winstar_core.store.outbox import Outbox
 
 NOT_CONFIGURED = (
     "this edge has not connected to its cloud yet, so it does not know its users and edition: "
     "run `winstar run` once the cloud is reachable"
 )
+
+#: the configuration keys read together on the first look (the rest, such as a sync's id lists,
+#: are read when asked)
+_HOT_KEYS = ("edge_id", "tenant_id", "edition")
 
 
 class EdgeBase:
@@ -50,6 +56,11 @@ class EdgeBase:
 
     def config(self, key: str) -> Any:
         """The node configuration's value for ``key``, read once per transaction."""
+        if not self._config:  # what every upsert asks, in one statement
+            found = self.session.execute(
+                sa.select(NodeConfig.key, NodeConfig.value).where(NodeConfig.key.in_(_HOT_KEYS))
+            ).all()
+            self._config.update({k: None for k in _HOT_KEYS} | {k: v for k, v in found})
         if key not in self._config:
             self._config[key] = get_config(self.session, key)
         return self._config[key]

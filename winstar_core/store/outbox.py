@@ -69,6 +69,44 @@ def allocate(session: Session, stream: str, count: int) -> int:
     return int(last) - count + 1
 
 
+_ALLOCATE_PG = sa.text(
+    """
+    UPDATE stream_counter SET last_seq = stream_counter.last_seq + r.n
+    FROM unnest(CAST(:streams AS text[]), CAST(:counts AS bigint[])) AS r(stream, n)
+    WHERE stream_counter.stream = r.stream
+    RETURNING stream_counter.stream, stream_counter.last_seq
+    """
+)
+_LOCK_PG = sa.text(
+    """
+    SELECT stream FROM stream_counter WHERE stream = ANY(CAST(:streams AS text[]))
+    ORDER BY stream COLLATE "C" FOR UPDATE
+    """
+)
+_MISSING_PG = sa.text(
+    """
+    INSERT INTO stream_counter (stream, last_seq)
+    SELECT s, 0 FROM unnest(CAST(:streams AS text[])) AS s ORDER BY s COLLATE "C"
+    ON CONFLICT DO NOTHING
+    """
+)
+
+
+def allocate_many(session: Session, counts: dict[str, int]) -> dict[str, int]:
+    """:func:`allocate` for many streams at once: the first seq reserved in each. On PostgreSQL
+    three statements whatever the number of streams: the missing counters are inserted, the rows
+    locked in byte order of their names (the order of ``sorted`` on these ASCII names: every
+    writer locks the streams of a transaction in one order, so two cannot deadlock), then moved
+    on together."""
+    if len(counts) < 2 or session.get_bind().dialect.name != "postgresql":
+        return {stream: allocate(session, stream, n) for stream, n in sorted(counts.items())}
+    streams = sorted(counts)
+    session.execute(_MISSING_PG, {"streams": streams})
+    session.execute(_LOCK_PG, {"streams": streams})
+    rows = session.execute(_ALLOCATE_PG, {"streams": streams, "counts": [counts[s] for s in streams]})
+    return {stream: int(last) - counts[stream] + 1 for stream, last in rows}
+
+
 def ensure_stream(session: Session, stream: str) -> None:
     _insert_missing(session, StreamCounter, stream=stream, last_seq=0)
 
@@ -77,8 +115,10 @@ def held_mark(session: Session, stream: str) -> StreamMark:
     """The receiver's mark of ``stream``, created if missing and locked until the transaction
     ends: two sessions of one peer (a reconnect while a batch is still being applied) apply one
     after the other, and the second sees the first's mark (no event applied twice)."""
-    _insert_missing(session, StreamMark, stream=stream, applied_seq=0)
     row = session.get(StreamMark, stream, with_for_update=True, populate_existing=True)
+    if row is None:  # the stream's first batch: one statement more, once
+        _insert_missing(session, StreamMark, stream=stream, applied_seq=0)
+        row = session.get(StreamMark, stream, with_for_update=True, populate_existing=True)
     assert row is not None
     return row
 
@@ -170,10 +210,12 @@ class Outbox:
         touched = set(self.downlinks)
         created = now_ms()
         rows: list[dict[str, object]] = []
-        for edge_id in sorted(self.downlinks, key=str):  # fixed lock order across transactions
-            events = self.downlinks[edge_id]
-            first = allocate(session, downlink_stream(edge_id), len(events))
-            rows.extend(_rows(first, created, events, edge_id))
+        firsts = allocate_many(
+            session, {downlink_stream(edge_id): len(events) for edge_id, events in self.downlinks.items()}
+        )  # in a fixed lock order across transactions
+        for edge_id in sorted(self.downlinks, key=str):
+            first = firsts[downlink_stream(edge_id)]
+            rows.extend(_rows(first, created, self.downlinks[edge_id], edge_id))
         if rows:
             session.execute(sa.insert(EdgeEvent), rows)
         if self.uplinks:

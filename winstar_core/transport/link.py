@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 from google.protobuf.message import DecodeError, Message
@@ -138,6 +138,28 @@ def clean_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def event_batch(rows: Any, max_bytes: int) -> list[pb.Event]:
+    """Events from outbox rows (seq, type, action, entity_id, body, created_time), in order, up
+    to ``max_bytes`` of bodies (at least one event)."""
+    out: list[pb.Event] = []
+    size = 0
+    for seq, type_, action, entity_id, body, created in rows:
+        size += len(body or b"") + 64
+        if out and size > max_bytes:
+            break
+        out.append(
+            pb.Event(
+                seq=seq,
+                type=type_,
+                action=action,
+                entity_id=str(entity_id) if entity_id else "",
+                body=body or b"",
+                created_time=created,
+            )
+        )
+    return out
+
+
 @dataclass
 class OutboxStream:
     """Database access to one outbox stream: the cloud's ``edge_event`` rows of one edge, or the
@@ -179,53 +201,44 @@ class OutboxStream:
             .order_by(m.seq)
             .limit(limit)
         )
-        out: list[pb.Event] = []
-        size = 0
         with self.db.read() as conn:
-            for seq, type_, action, entity_id, body, created in conn.execute(stmt):
-                size += len(body or b"") + 64
-                if out and size > max_bytes:
-                    break
-                out.append(
-                    pb.Event(
-                        seq=seq,
-                        type=type_,
-                        action=action,
-                        entity_id=str(entity_id) if entity_id else "",
-                        body=body or b"",
-                        created_time=created,
-                    )
-                )
+            out = event_batch(conn.execute(stmt), max_bytes)
             last = conn.scalar(sa.select(StreamCounter.last_seq).where(StreamCounter.stream == self.counter))
         return out, max(int(last or 0), out[-1].seq if out else 0)
 
     def acknowledge(self, results: Sequence[pb.EventResult]) -> None:
+        """Mark a batch's events from the peer's verdicts (see :meth:`acknowledge_in`)."""
+        with self.db.begin() as s:
+            self.acknowledge_in(s, results, now_ms())
+
+    def acknowledge_in(
+        self, s: Session, results: Sequence[pb.EventResult], now: int, delivered: bool = True
+    ) -> None:
         """Mark a batch's events from the peer's verdicts, set-based: the DELIVERED ones by ranges
-        of seqs, the FAILED ones in one executemany with their reasons."""
+        of seqs (unless ``delivered`` is False: the caller marks them), the FAILED ones in one
+        executemany with their reasons."""
         m = self.model
-        now = now_ms()
-        oks = [r.seq for r in results if r.ok]
         failed = [
             {"b_seq": r.seq, "b_error": clean_text(r.error or "rejected by the peer")}
             for r in results
             if not r.ok
         ]
-        with self.db.begin() as s:
-            if failed:  # Core table, not the ORM class: a plain executemany, one round trip
-                t = m.__table__
-                where = [t.c.edge_id == self.edge_id] if self.edge_id is not None else []
-                s.execute(
-                    sa.update(t)
-                    .where(*where, t.c.seq == sa.bindparam("b_seq"), t.c.status == PENDING)
-                    .values(status=FAILED, error=sa.bindparam("b_error"), delivered_time=now),
-                    failed,
-                )
-            for i in range(0, len(oks), 500):
-                s.execute(
-                    sa.update(m)
-                    .where(*self._where(), m.seq.in_(oks[i : i + 500]), m.status == PENDING)
-                    .values(status=DELIVERED, delivered_time=now)
-                )
+        if failed:  # Core table, not the ORM class: a plain executemany, one round trip
+            t = m.__table__
+            where = [t.c.edge_id == self.edge_id] if self.edge_id is not None else []
+            s.execute(
+                sa.update(t)
+                .where(*where, t.c.seq == sa.bindparam("b_seq"), t.c.status == PENDING)
+                .values(status=FAILED, error=sa.bindparam("b_error"), delivered_time=now),
+                failed,
+            )
+        oks = [r.seq for r in results if r.ok] if delivered else []
+        for i in range(0, len(oks), 500):
+            s.execute(
+                sa.update(m)
+                .where(*self._where(), m.seq.in_(oks[i : i + 500]), m.status == PENDING)
+                .values(status=DELIVERED, delivered_time=now)
+            )
 
     def hold(self, held: Sequence[tuple[int, str]]) -> None:
         """Mark events HELD with their reasons: ``held`` is (seq, reason) pairs."""
@@ -321,6 +334,16 @@ class DrainProgress:
         self.started, self.delivered, self.failed, self._reported = None, 0, 0, False
 
 
+class StreamAccess(Protocol):
+    """Reads and marks streams for many senders at once (:mod:`winstar_core.transport.batched`)."""
+
+    async def fetch(
+        self, stream: OutboxStream, after: int, limit: int, max_bytes: int
+    ) -> tuple[list[pb.Event], int]: ...
+
+    async def acknowledge(self, stream: OutboxStream, results: list[pb.EventResult]) -> None: ...
+
+
 async def _to_thread(fn: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args)
 
@@ -345,6 +368,8 @@ class Sender:
     offload: Offload = _to_thread
     #: what the receiver can read (from its handshake); None: send everything
     caps: Capabilities | None = None
+    #: reads and acks go through it, gathered with other senders' (None: each its own transaction)
+    access: StreamAccess | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: whether the stream may hold events beyond the last fetched (False: fetch only when woken)
     _more: bool = True
@@ -365,9 +390,7 @@ class Sender:
         while True:
             self._wake.clear()
             while len(self._in_flight) < self.max_in_flight:
-                events, last_seq = await self.offload(
-                    self.stream.fetch, cursor, min(self.batch_size, MAX_BATCH_EVENTS), self.max_bytes
-                )
+                events, last_seq = await self._fetch(cursor)
                 # the stream's counter was read after the events: nothing beyond the last of them
                 # means a fetch now would find nothing (until a wake says new events came)
                 self._more = bool(events) and last_seq > events[-1].seq
@@ -388,6 +411,15 @@ class Sender:
                     break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+
+    async def _fetch(self, cursor: int) -> tuple[list[pb.Event], int]:
+        limit = min(self.batch_size, MAX_BATCH_EVENTS)
+        if self.access is not None:
+            return await self.access.fetch(self.stream, cursor, limit, self.max_bytes)
+        result: tuple[list[pb.Event], int] = await self.offload(
+            self.stream.fetch, cursor, limit, self.max_bytes
+        )
+        return result
 
     async def _hold(self, events: list[pb.Event]) -> list[pb.Event]:
         """HOLD the events the receiver cannot read yet (see :mod:`winstar_core.transport.holding`):
@@ -450,7 +482,10 @@ class Sender:
 
     async def on_ack(self, ack: pb.BatchAck) -> None:
         self.check_ack(ack)
-        await self.offload(self.stream.acknowledge, list(ack.results))
+        if self.access is not None:
+            await self.access.acknowledge(self.stream, list(ack.results))
+        else:
+            await self.offload(self.stream.acknowledge, list(ack.results))
         ok = sum(1 for r in ack.results if r.ok)
         metrics.delivered(self.stream.direction, ok, len(ack.results) - ok)
         pending = await self.offload(self.stream.pending) if self.progress.due() else None

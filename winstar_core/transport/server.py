@@ -51,6 +51,7 @@ from winstar_core.store.outbox import (
     move_past,
     uplink_mark_stream,
 )
+from winstar_core.transport.batched import DownlinkAccess
 from winstar_core.transport.common import SERVER_OPTIONS, listen
 from winstar_core.transport.fair import FairExecutor
 from winstar_core.transport.holding import Capabilities, capabilities, release_held
@@ -210,6 +211,7 @@ class EdgeSession:
             max_bytes=limit // 2,
             peer_limit=limit,
             offload=self.offload,
+            access=server.downlink_access(tenant_id),
             progress=DrainProgress(f"downlinks to edge {edge_id}"),
             caps=self._capabilities(),
         )
@@ -493,12 +495,27 @@ class CloudServer:
         self.port: int | None = None
         self.executor = FairExecutor(workers or max(4, 2 * (os.cpu_count() or 2)))
         self.throttle = AuthThrottle()
+        #: per tenant: its sessions' downlink reads and acks, gathered (transport/batched.py)
+        self._access: dict[uuid.UUID, DownlinkAccess] = {}
         self._key_waiters: dict[str, int] = {}
         self._key_locks: dict[str, asyncio.Lock] = {}
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._stop = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
+
+    def downlink_access(self, tenant_id: uuid.UUID) -> DownlinkAccess:
+        """The gathered reads and acks of one tenant's sessions, run in that tenant's turn of the
+        executor: a fan-out to a tenant's edges is a few transactions, and another tenant's work
+        still gets its turn between them."""
+        access = self._access.get(tenant_id)
+        if access is None:
+
+            async def offload(kind: str, fn: Callable[..., T], *args: Any) -> T:
+                return await self.executor.run(tenant_id, ("gathered", kind), fn, *args)
+
+            access = self._access[tenant_id] = DownlinkAccess(self.node.db, offload)
+        return access
 
     # -- authentication ------------------------------------------------------------------------------
 

@@ -48,3 +48,26 @@ def test_announced_versions_out_of_reach_never_break_the_sender():
     assert caps is not None and caps.peer == {"device": 2**32 - 1}
     assert caps.why_held(1, "device", "ADDED", "x", b"\xff" * 10) is None  # it reads any version
     assert capabilities([], [], "the edge") is None  # announced nothing: sent everything
+
+
+def test_a_refusal_that_says_when_is_taken_at_its_word_within_a_minute():
+    from winstar_core.transport.client import retry_hint
+
+    assert retry_hint("too many failed attempts from this address: retry in 8s") == 8
+    assert retry_hint("8 connections from this address are being authenticated already: retry in 1s") == 1
+    assert retry_hint("retry in 99999s") is None  # not a wait any cloud of ours asks for
+    assert retry_hint("retry in 3600s") == 60  # a cloud cannot keep an edge away for long
+    assert retry_hint("invalid routing key or secret") is None
+
+
+def test_the_next_node_of_the_list_is_tried_at_once_and_the_backoff_grows_once_a_round():
+    from winstar_core.transport.client import BACKOFF_START_S, next_delay
+
+    backoff = 4.0
+    delay, after = next_delay(backoff, 30.0, None, next_in_round=True)
+    assert delay <= BACKOFF_START_S and after == backoff  # another node: now, and no growth
+    delay, after = next_delay(backoff, 30.0, None, next_in_round=False)
+    assert 2.0 <= delay <= 4.0 and after == 8.0  # the round is over: back off
+    assert next_delay(20.0, 30.0, None, next_in_round=False)[1] == 30.0  # up to the cap
+    delay, after = next_delay(backoff, 30.0, 5.0, next_in_round=False)
+    assert 5.0 <= delay <= 10.0 and after == backoff  # the cloud said when

@@ -115,12 +115,18 @@ def test_calls_opened_at_once_get_no_more_checks_than_failures_one_by_one():
     free = throttle_module.FREE_FAILURES
     started = [t.begin("10.0.0.9") for _ in range(20)]
     assert started.count(True) == throttle_module.MAX_CHECKS_PER_ADDRESS  # at most that many at once
+    # nothing failed: the refusal says why it is (many edges behind one address), not "failures"
+    assert t.why_refused("10.0.0.9") == (
+        f"{throttle_module.MAX_CHECKS_PER_ADDRESS} connections from this address are being"
+        " authenticated already: retry in 1s"
+    )
     for _ in range(started.count(True)):
         t.end("10.0.0.9")
     for _ in range(free - 1):
         t.failed("10.0.0.9", "k")
     assert t.begin("10.0.0.9")  # one more check in progress: the last free failure
     assert not t.begin("10.0.0.9")  # a second one at the same time is refused
+    assert t.why_refused("10.0.0.9").startswith("too many failed attempts from this address: retry in")
     t.end("10.0.0.9")
 
 

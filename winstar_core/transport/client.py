@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from contextlib import suppress
 from typing import Any
@@ -106,6 +107,28 @@ async def _closed(call: Any) -> CloudError:
     return CloudError(f"{code.name}: {details}")
 
 
+_RETRY_IN = re.compile(r"retry in (\d{1,4})s")
+
+
+def retry_hint(details: str) -> float | None:
+    """The seconds a refusal says to wait (``... retry in 3s``), at most a minute; None if none."""
+    found = _RETRY_IN.search(details)
+    return min(float(found.group(1)), 2 * BACKOFF_CAP_S) if found else None
+
+
+def next_delay(backoff: float, cap: float, hint: float | None, next_in_round: bool) -> tuple[float, float]:
+    """The wait before the next attempt, and the backoff after it. ``hint``: what the cloud's
+    refusal said to wait (then, spread over as long again). ``next_in_round``: the next attempt
+    goes to another node of the list, which is tried at once (the last one may be gone): the
+    backoff grows once per round of the list, not once per node. Otherwise a jittered exponential
+    backoff, up to ``cap``."""
+    if hint is not None:
+        return random.uniform(hint, 2 * hint), backoff
+    if next_in_round:
+        return random.uniform(0, BACKOFF_START_S), backoff
+    return random.uniform(backoff / 2, backoff), min(backoff * 2, cap)
+
+
 def downlink_receiver(node: Node) -> Receiver:
     """How an edge applies the cloud's stream: batch look-ups first, new entities in bulk."""
     platform = node.platform
@@ -185,12 +208,15 @@ class EdgeClient:
             started = loop.time()
             error: str | None = None
             cap = BACKOFF_CAP_S
+            hint: float | None = None
             try:
                 await self._session(stop)
             except grpc.aio.AioRpcError as exc:
                 error = f"{exc.code().name}: {clean_text(exc.details() or '', 1000)}"
                 if exc.code() not in RETRYABLE:
                     cap = BACKOFF_CAP_REFUSED_S
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    hint = retry_hint(exc.details() or "")
                 if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                     error += await asyncio.to_thread(self._undelivered)
             except CloudError as exc:
@@ -218,8 +244,9 @@ class EdgeClient:
                 break
             if loop.time() - started > 30:
                 backoff = BACKOFF_START_S  # the link was up for a while: start again from short waits
-            delay = random.uniform(backoff / 2, backoff)  # jittered exponential backoff
-            backoff = min(backoff * 2, cap)
+            delay, backoff = next_delay(
+                backoff, cap, hint, next_in_round=self._addr % len(self.cloud_addrs) != 0
+            )
             log.info("link down (%s); reconnecting in %.1fs", error, delay)
             with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
@@ -366,7 +393,11 @@ class EdgeClient:
 
         async def writer() -> None:
             while True:
-                await call.write(await out.get())
+                msg = await out.get()
+                try:
+                    await call.write(msg)
+                except asyncio.InvalidStateError:  # the call has ended (the node went away): why
+                    raise await _closed(call) from None
 
         async def reader() -> None:
             try:

@@ -488,7 +488,10 @@ class Sender:
             await self.offload(self.stream.acknowledge, list(ack.results))
         ok = sum(1 for r in ack.results if r.ok)
         metrics.delivered(self.stream.direction, ok, len(ack.results) - ok)
-        pending = await self.offload(self.stream.pending) if self.progress.due() else None
+        # the last batch of a drain that found nothing more: its end line says it all (a change
+        # fanned out to many edges, slow to come back, must not cost each of them a count)
+        ending = not self._more and len(self._in_flight) == 1
+        pending = await self.offload(self.stream.pending) if self.progress.due() and not ending else None
         self.progress.acked(ack.results, pending)
         self._in_flight.popleft()
         if self._more:  # the window was full: send what waits behind it

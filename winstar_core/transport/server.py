@@ -537,11 +537,7 @@ class CloudServer:
         self, context: grpc.aio.ServicerContext, host: str
     ) -> tuple[uuid.UUID, uuid.UUID]:
         if not self.throttle.begin(host):
-            wait = max(self.throttle.refused_for(host), 1.0)
-            raise Refusal(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"too many failed attempts from this address: retry in {wait:.0f}s",
-            )
+            raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, self.throttle.why_refused(host))
         try:
             return await self._check_credentials(context, host)
         finally:

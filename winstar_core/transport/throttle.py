@@ -68,6 +68,18 @@ class AuthThrottle:
         rec.checking += 1
         return True
 
+    def why_refused(self, address: str) -> str:
+        """The refusal's reason for an attempt :meth:`begin` refused: failures, or only too many
+        checks of this address at once (many edges behind one address connecting together)."""
+        rec = self._addresses.get(address)
+        if rec is not None and rec.failures:
+            wait = max(self.refused_for(address), 1.0)
+            return f"too many failed attempts from this address: retry in {wait:.0f}s"
+        return (
+            f"{MAX_CHECKS_PER_ADDRESS} connections from this address are being authenticated"
+            " already: retry in 1s"
+        )
+
     def end(self, address: str) -> None:
         rec = self._addresses.get(address)
         if rec is not None and rec.checking:

@@ -28,6 +28,9 @@ generator differs from an edge on its own box, and why:
   on its own box but 20,000 queries a second for 1,000 clients in one process: the generators set
   the client's ``poll_interval`` to ``--client-poll`` (2 s, the client's value on PostgreSQL), and
   a last phase measures them at the client's default for ``--default-poll-seconds``;
+- ``--client-heartbeat``: each client writes its link heartbeat (which `winstar status` reads) to
+  its database every 5 s by default; 1,000 clients on this machine do 200 SQLite writes a second
+  for it, which a box of its own would not notice;
 - every client gets its own TCP connection (``grpc.use_local_subchannel_pool``): in one process
   gRPC shares one connection per target among all channels, and a node refuses a connection's
   17th stream (``--share-connections`` keeps gRPC's default, to see it).
@@ -396,6 +399,7 @@ class Generator:
         poll: float,
         share_connections: bool = False,
         ramp: float = 0.0,
+        heartbeat: float = 5.0,
     ) -> None:
         self.index = index
         self.dbs = list(dbs)
@@ -407,6 +411,7 @@ class Generator:
                     "poll": poll,
                     "share_connections": share_connections,
                     "ramp": ramp,
+                    "heartbeat": heartbeat,
                     "log": str(tmp / f"gen{index}.log"),
                 }
             )
@@ -498,8 +503,12 @@ def _emit(event: str, **kw: Any) -> None:
 
 
 async def _generate(spec: dict[str, Any], downs: Counter[str]) -> None:
+    from winstar_core.transport import client as client_module
     from winstar_core.transport.client import CLIENT_OPTIONS, EdgeClient
 
+    # each client writes its link heartbeat to its database every HEARTBEAT_S (5 s): nothing for
+    # a box of its own, 200 SQLite writes a second for 1,000 clients sharing this machine
+    client_module.HEARTBEAT_S = float(spec.get("heartbeat") or client_module.HEARTBEAT_S)
     loop = asyncio.get_running_loop()
     if not spec.get("share_connections"):
         # one TCP connection per client, as separate boxes have: in one process gRPC otherwise
@@ -746,6 +755,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--idle-seconds", type=float, default=20.0)
     ap.add_argument("--client-poll", type=float, default=2.0, help="the clients' outbox poll (s)")
     ap.add_argument(
+        "--client-heartbeat",
+        type=float,
+        default=5.0,
+        help="seconds between a client's writes of its link heartbeat to its database (its default: 5)",
+    )
+    ap.add_argument(
         "--default-poll-seconds",
         type=float,
         default=10.0,
@@ -799,7 +814,7 @@ def run_fanout(args: argparse.Namespace, cloud_url: str, tmp: Path) -> None:
     print(
         f"cloud: 2 `winstar run` nodes on {sa.engine.make_url(cloud_url).get_backend_name()}; edges: {n_edges:,}"
         f" SQLite databases held by {args.generators} load-generator process(es) of real EdgeClients"
-        f" (outbox poll {args.client_poll:g}s), started {f'{args.ramp:g} a second' if args.ramp else 'all at once'}"
+        f" (outbox poll {args.client_poll:g}s, link heartbeat {args.client_heartbeat:g}s), started {f'{args.ramp:g} a second' if args.ramp else 'all at once'}"
     )
     print_raw_limits(cloud_url, tmp)
     platform = make_plugin_manager()
@@ -881,7 +896,9 @@ def _fanout(
     t0 = time.perf_counter()
     for i, share in enumerate(split(dbs, args.generators)):
         ramp = args.ramp / args.generators
-        gens.append(Generator(i, share, tmp, args.client_poll, args.share_connections, ramp))
+        gens.append(
+            Generator(i, share, tmp, args.client_poll, args.share_connections, ramp, args.client_heartbeat)
+        )
     wait_for(lambda: all("ready" in g.reports for g in gens), timeout=300, interval=0.1, what="generators")
     ready_s = time.perf_counter() - t0
     conn_window = CpuWindow(

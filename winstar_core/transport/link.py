@@ -623,8 +623,8 @@ class Receiver:
 
     def _prepare(self, session: Session, service: Any, fresh: list[pb.Event]) -> None:
         """Batch look-ups are an optimization: if the peer's garbage trips them, go without."""
-        if self.prepare is None or not fresh:
-            return
+        if self.prepare is None or len(fresh) < 2:
+            return  # one event looks up what it needs itself, without the savepoint
         try:
             # in a savepoint: on PostgreSQL a failed statement would otherwise abort the whole
             # transaction, and every event after it would fail for that

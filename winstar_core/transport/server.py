@@ -19,6 +19,7 @@ import re
 import secrets
 import socket
 import uuid
+import weakref
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, TypeVar
@@ -497,6 +498,8 @@ class CloudServer:
         self.throttle = AuthThrottle()
         #: per tenant: its sessions' downlink reads and acks, gathered (transport/batched.py)
         self._access: dict[uuid.UUID, DownlinkAccess] = {}
+        #: per edge, while a connect of it is being admitted (gone with its last user)
+        self._connecting: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
         self._key_waiters: dict[str, int] = {}
         self._key_locks: dict[str, asyncio.Lock] = {}
         self._server: grpc.aio.Server | None = None
@@ -619,12 +622,21 @@ class CloudServer:
         refusal = await session.offload(session.admit)
         if refusal is not None:
             raise refusal
-        old = self.sessions.get(edge_id)
-        if old is not None:  # the box reconnected before its old stream was noticed dead: end
-            old.closed.set()  # that one first, so it acknowledges nothing meant for this one
-            with suppress(TimeoutError):
-                await asyncio.wait_for(old.ended.wait(), timeout=10)
-        return session, await session.connect()
+        # one connect of an edge at a time on this node: the session that claims the edge last in
+        # the database is the one this node keeps (two at once could otherwise leave the node
+        # keeping the older one until its heartbeat noticed)
+        lock = self._connecting.get(edge_id)
+        if lock is None:
+            lock = self._connecting[edge_id] = asyncio.Lock()
+        async with lock:
+            old = self.sessions.get(edge_id)
+            if old is not None:  # the box reconnected before its old stream was noticed dead: end
+                old.closed.set()  # that one first, so it acknowledges nothing meant for this one
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(old.ended.wait(), timeout=10)
+            welcome = await session.connect()
+            self.sessions[edge_id] = session
+        return session, welcome
 
     async def connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         """The ``Connect`` RPC."""
@@ -641,10 +653,6 @@ class CloudServer:
             code = grpc.StatusCode.UNAVAILABLE if is_infrastructure(exc) else grpc.StatusCode.INTERNAL
             await context.abort(code, "the cloud cannot accept the connection now; try again later")
         edge_id = session.edge_id
-        old = self.sessions.get(edge_id)
-        if old is not None:  # another connect of this box won the race meanwhile
-            old.closed.set()
-        self.sessions[edge_id] = session
         try:
             await session.run(context, welcome)
         except (asyncio.CancelledError, grpc.aio.AbortError):

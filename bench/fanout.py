@@ -35,7 +35,7 @@ generator differs from an edge on its own box, and why:
   gRPC shares one connection per target among all channels, and a node refuses a connection's
   17th stream (``--share-connections`` keeps gRPC's default, to see it).
 
-``--profile`` runs the nodes under yappi (``pip install yappi``; CPU clock, every thread) for an
+``--profile`` runs the nodes and the generators under yappi (``pip install yappi``; CPU clock, every thread) for an
 idle window and for the fan-outs, and the first update's transaction under cProfile, and prints
 where the CPU went and which transactions ran how often (pstat files in the temporary folder).
 
@@ -400,6 +400,7 @@ class Generator:
         share_connections: bool = False,
         ramp: float = 0.0,
         heartbeat: float = 5.0,
+        profile: str | None = None,
     ) -> None:
         self.index = index
         self.dbs = list(dbs)
@@ -412,6 +413,7 @@ class Generator:
                     "share_connections": share_connections,
                     "ramp": ramp,
                     "heartbeat": heartbeat,
+                    "profile": profile,
                     "log": str(tmp / f"gen{index}.log"),
                 }
             )
@@ -509,6 +511,8 @@ async def _generate(spec: dict[str, Any], downs: Counter[str]) -> None:
     # each client writes its link heartbeat to its database every HEARTBEAT_S (5 s): nothing for
     # a box of its own, 200 SQLite writes a second for 1,000 clients sharing this machine
     client_module.HEARTBEAT_S = float(spec.get("heartbeat") or client_module.HEARTBEAT_S)
+    if spec.get("profile"):
+        profiled(spec["profile"])
     loop = asyncio.get_running_loop()
     if not spec.get("share_connections"):
         # one TCP connection per client, as separate boxes have: in one process gRPC otherwise
@@ -784,7 +788,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument(
         "--profile",
         action="store_true",
-        help="profile the fan-out: yappi in the nodes, cProfile of the first update's transaction",
+        help="profile the fan-out: yappi in the nodes and the generators, cProfile of the first update's transaction",
     )
     args = ap.parse_args(argv)
     if args.generate:
@@ -897,7 +901,16 @@ def _fanout(
     for i, share in enumerate(split(dbs, args.generators)):
         ramp = args.ramp / args.generators
         gens.append(
-            Generator(i, share, tmp, args.client_poll, args.share_connections, ramp, args.client_heartbeat)
+            Generator(
+                i,
+                share,
+                tmp,
+                args.client_poll,
+                args.share_connections,
+                ramp,
+                args.client_heartbeat,
+                profile=str(tmp / "profiles" / f"gen{i}") if args.profile else None,
+            )
         )
     wait_for(lambda: all("ready" in g.reports for g in gens), timeout=300, interval=0.1, what="generators")
     ready_s = time.perf_counter() - t0
@@ -944,7 +957,7 @@ def _fanout(
     w.stop()
     x1 = pg_transactions(cloud)
     rss1 = {n: rss_kb(nodes.pid(n)) for n in nodes.names}
-    profiled_pids = {n: nodes.pid(n) for n in nodes.names}
+    profiled_pids = {n: nodes.pid(n) for n in nodes.names} | {f"gen{g.index}": g.p.pid for g in gens}
     if nodes.profile:  # what the nodes do while idle: which functions, how many calls
         start_profiles(profiled_pids)
         time.sleep(args.idle_seconds)

@@ -431,7 +431,7 @@ class EventRecord:
     #: ``ADDED``, ``UPDATED``, ``DELETED``, ``UNASSIGNED``, ``MEMBER_ADDED``, ``MEMBER_REMOVED``
     action: str
     entity_id: uuid.UUID | None
-    #: ``pending``, ``delivered``, ``failed`` or ``held``
+    #: ``pending``, ``delivered``, ``failed``, ``held``, ``superseded`` or ``dismissed``
     status: str
     #: the receiver's reason for a failed event, the sender's for a held one; None otherwise
     error: str | None
@@ -715,11 +715,11 @@ class Kit:
         cached = self._clis.get(id(platform))
         if cached is not None and cached[0] is platform:
             return cached[1]
-        from winstar_core.cli import WinstarGroup, cloud_cmds, entity_cmds, node_cmds, run_cmd
+        from winstar_core.cli import WinstarGroup, cloud_cmds, entity_cmds, node_cmds, retention_cmds, run_cmd
         from winstar_core.cli import cli as root
 
         group = WinstarGroup(name="winstar", callback=root.callback, params=list(root.params), help=root.help)
-        for module in (node_cmds, cloud_cmds, entity_cmds):
+        for module in (node_cmds, cloud_cmds, entity_cmds, retention_cmds):
             for command in module.COMMANDS:
                 group.add_command(command)
         group.add_command(run_cmd.run)

@@ -9,9 +9,19 @@ from winstar_core.services.cloud import CloudService, edge_connected, edge_node_
 from winstar_core.services.common import event_json, iso
 from winstar_core.services.instances import event_counts, reset_instance
 from winstar_core.services.nodes import nodes_view
-from winstar_core.store.models import FAILED, HELD, PENDING, Customer, Edge, Role, Tenant, User
+from winstar_core.store.models import (
+    EVENT_STATUSES,
+    FAILED,
+    HELD,
+    PENDING,
+    Customer,
+    Edge,
+    Role,
+    Tenant,
+    User,
+)
 
-STATUS = click.Choice(["pending", "delivered", "failed"], case_sensitive=False)
+STATUS = click.Choice([s.lower() for s in EVENT_STATUSES], case_sensitive=False)
 
 
 def tenant_json(t: Tenant) -> dict[str, str]:

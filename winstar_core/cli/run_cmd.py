@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING
 import click
 
 from winstar_core.cli.api import current_node, db_option
+from winstar_core.cli.retention_cmds import DURATION
 from winstar_core.errors import WinstarError
 from winstar_core.node import CLOUD, Node, check_address
+from winstar_core.services.retention import DEFAULT_RETENTION, pruning_beside
 
 if TYPE_CHECKING:
     from winstar_core.metrics import MetricsServer
@@ -70,6 +72,14 @@ def _read(path: str | None, what: str) -> bytes | None:
     metavar="NAME",
     help="cloud: this node's name (default: HOST:PORT of --listen)",
 )
+@click.option(
+    "--retention",
+    type=DURATION,
+    default=DEFAULT_RETENTION,
+    show_default=True,
+    metavar="DURATION",
+    help="how long delivered, superseded and dismissed events are kept (7d, 12h, 30m, 90s)",
+)
 @db_option
 def run(
     listen_addr: str,
@@ -82,6 +92,7 @@ def run(
     max_in_flight: int,
     metrics_addr: str | None,
     node_name: str | None,
+    retention: int,
 ) -> None:
     """Cloud: serve gRPC. Edge: connect, sync, reconnect forever. Stops cleanly on SIGINT/SIGTERM."""
     logging.basicConfig(
@@ -100,12 +111,14 @@ def run(
         if node_name is not None and not node_name.strip():
             raise WinstarError("--node-name must not be empty")
         tls = (_read(tls_cert, "certificate"), _read(tls_key, "key"))
-        asyncio.run(_run_cloud(node, listen_addr, tls, batch_size, max_in_flight, metrics_addr, node_name))
+        main = _run_cloud(node, listen_addr, tls, batch_size, max_in_flight, metrics_addr, node_name)
+        asyncio.run(pruning_beside(main, node.db, retention))
     else:
         if node_name is not None:
             click.echo("warning: --node-name is for a cloud node; ignored on an edge", err=True)
         ca_pem = _read(ca, "CA certificate")
-        asyncio.run(_run_edge(node, cloud_addr, ca_pem, batch_size, max_in_flight, metrics_addr))
+        main = _run_edge(node, cloud_addr, ca_pem, batch_size, max_in_flight, metrics_addr)
+        asyncio.run(pruning_beside(main, node.db, retention))
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:

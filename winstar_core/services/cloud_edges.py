@@ -1,5 +1,5 @@
 """The cloud's edges: creating one (with its secret), finding and listing them, their downlinks
-(pending counts, the list, retrying the failed ones) and asking for a Sync Edge."""
+(pending counts, the list, retrying or dismissing the failed ones) and asking for a Sync Edge."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from winstar_core.services.credentials import hash_secret
 from winstar_core.services.ids import parse_uuid
 from winstar_core.services.names import clean_name
 from winstar_core.services.nodes import node_alive
+from winstar_core.services.retention import dismiss
 from winstar_core.store.models import CloudNode, Customer, Edge, EdgeEvent, Tenant, now_ms
 from winstar_core.store.outbox import (
     downlink_stream,
@@ -115,6 +116,11 @@ class CloudEdges(CloudBase):
         return retry_failed(
             self.session, EdgeEvent, seqs, edge.id, lambda row: self.entities.current_body(row, edge.id)
         )
+
+    def dismiss_failed(self, edge: Edge, seqs: list[int] | None = None) -> list[int]:
+        """Mark FAILED downlinks of ``edge`` (all, or those ``seqs``) dismissed: seen by an
+        operator, pruned after the retention. Returns the seqs dismissed (a seq not FAILED is not)."""
+        return dismiss(self.session, EdgeEvent, seqs, edge.id)
 
     def request_sync(self, edge: Edge) -> None:
         """Sync Edge: the node serving the edge runs it now, or when the edge reconnects."""

@@ -1,5 +1,5 @@
 """The edge's own entities: creating (who may, by edition), changing and deleting them, each with
-its ``cloud_event`` uplink; and the uplinks themselves (listing, counting, retrying)."""
+its ``cloud_event`` uplink; and the uplinks themselves (listing, counting, retrying, dismissing)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from winstar_core.errors import NotFound, PermissionDenied, WinstarError
 from winstar_core.services.constants import ADDED, DELETED, UPDATED
 from winstar_core.services.edge_base import EdgeBase
 from winstar_core.services.entities import entity_state
+from winstar_core.services.retention import dismiss
 from winstar_core.store.models import PENDING, CloudEvent, Entity, User
 from winstar_core.store.outbox import OutboxEvent, list_events, retry_failed
 
@@ -102,6 +103,11 @@ class EdgeEntities(EdgeBase):
     def retry_failed(self, seqs: list[int] | None = None) -> list[int]:
         """Send FAILED uplinks again (all, or those ``seqs``), as new events."""
         return retry_failed(self.session, CloudEvent, seqs, refresh=self.entities.current_body)
+
+    def dismiss_failed(self, seqs: list[int] | None = None) -> list[int]:
+        """Mark FAILED uplinks (all, or those ``seqs``) dismissed: seen by an operator, pruned
+        after the retention. Returns the seqs dismissed (a seq not FAILED is not)."""
+        return dismiss(self.session, CloudEvent, seqs)
 
     def pending_uplinks(self, status: str = PENDING) -> int:
         """How many uplinks are in ``status`` (PENDING: not delivered yet)."""

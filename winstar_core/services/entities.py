@@ -122,6 +122,17 @@ class EntityStore:
             within = f" (scope {scope!r})" if scope else ""
             raise Conflict(f"a {type_name} named {name!r}{within} already exists in this tenant")
 
+    def prepare(
+        self, etype: type[EntityType], name: str, data: Mapping[str, Any] | None
+    ) -> tuple[str, dict[str, Any], str]:
+        """A new entity's name, data and name scope as :meth:`insert` stores them: the name
+        cleaned, the data validated by its type and checked storable (a refusal: a
+        :class:`WinstarError`). ``winstar entity import`` checks each of its lines with it."""
+        name = clean_name(name, "an entity")
+        clean = etype.validate(data)
+        etype.check_storable(clean)
+        return name, clean, scope_of(etype, clean)
+
     def insert(
         self,
         *,
@@ -138,13 +149,11 @@ class EntityStore:
         """Insert a new entity. ``validated``: ``data`` went through the type's schema already;
         ``checked``: the caller made sure the name and the id are free."""
         etype = self.types.get(type_name)
-        name = clean_name(name, "an entity")
         if validated:
-            clean = dict(data or {})
+            name, clean = clean_name(name, "an entity"), dict(data or {})
+            scope = scope_of(etype, clean)
         else:
-            clean = etype.validate(data)
-            etype.check_storable(clean)
-        scope = scope_of(etype, clean)
+            name, clean, scope = self.prepare(etype, name, data)
         if not checked:
             self.check_name_free(tenant_id, type_name, name, scope)
             if entity_id is not None and self.session.get(Entity, entity_id) is not None:

@@ -19,7 +19,18 @@ FAILED = "FAILED"
 #: not sent: the receiver lacks the event's type or its schema version (``error`` says which); it
 #: is sent, with a new seq, once the receiver announces them (transport/holding.py)
 HELD = "HELD"
-EVENT_STATUSES = (PENDING, DELIVERED, FAILED, HELD)
+#: a later event of the same entity replaced it before it was sent (compaction; ``error`` names
+#: the seq that did); whoever sets it also sets ``delivered_time`` to that moment (retention)
+SUPERSEDED = "SUPERSEDED"
+#: a FAILED event an operator has seen (`winstar edge dismiss`, `winstar dismiss`);
+#: ``delivered_time`` is when it was dismissed (services/retention.py)
+DISMISSED = "DISMISSED"
+EVENT_STATUSES = (PENDING, DELIVERED, FAILED, HELD, SUPERSEDED, DISMISSED)
+#: the events retention deletes once their ``delivered_time`` is older than the retention; the
+#: exact text of the partial indexes' predicate, so that both databases' planners match the prune
+#: query to them (services/retention.py); PENDING, HELD and FAILED are never pruned
+PRUNABLE_STATUSES = (DELIVERED, SUPERSEDED, DISMISSED)
+PRUNABLE_WHERE = "status IN ('DELIVERED', 'SUPERSEDED', 'DISMISSED')"
 
 
 def now_ms() -> int:
@@ -231,6 +242,13 @@ class EdgeEvent(OutboxColumns, Base):
             postgresql_where=sa.text("status = 'PENDING'"),
             sqlite_where=sa.text("status = 'PENDING'"),
         ),
+        # what retention may delete, oldest first (services/retention.py)
+        sa.Index(
+            "ix_edge_event_prunable",
+            "delivered_time",
+            postgresql_where=sa.text(PRUNABLE_WHERE),
+            sqlite_where=sa.text(PRUNABLE_WHERE),
+        ),
     )
     #: the edge whose stream the event is in
     edge_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("edge.id", ondelete="CASCADE"))
@@ -259,6 +277,13 @@ class CloudEvent(OutboxColumns, Base):
             "entity_id",
             postgresql_where=sa.text("status = 'HELD'"),
             sqlite_where=sa.text("status = 'HELD'"),
+        ),
+        # what retention may delete, oldest first (services/retention.py)
+        sa.Index(
+            "ix_cloud_event_prunable",
+            "delivered_time",
+            postgresql_where=sa.text(PRUNABLE_WHERE),
+            sqlite_where=sa.text(PRUNABLE_WHERE),
         ),
     )
     #: the edge has one stream: a seq is unique in the table

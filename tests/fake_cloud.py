@@ -194,6 +194,7 @@ class FakeCloud:
         return f"127.0.0.1:{self.port}"
 
     def _connect(self, requests: Any, context: grpc.ServicerContext) -> Any:
+        context.send_initial_metadata((("winstar-admitted", "1"),))  # "you are in", as a cloud says
         session = FakeSession(context)
         context.add_callback(lambda: session._out.put(_CLOSE))
         threading.Thread(target=session._read, args=(requests,), daemon=True, name="fake-cloud-read").start()

@@ -190,6 +190,40 @@ def test_wrong_secrets_from_one_address_are_refused_without_work_and_the_edge_st
     edge.close()
 
 
+def test_an_edge_refused_by_the_throttle_hears_the_refusal_itself_never_an_internal_error(
+    dual_stack, platform
+):
+    """The cloud lets an edge in with its initial metadata and the edge sends its Hello only then:
+    a refusal never races the Hello's write (gRPC reports such a write as INTERNAL, reason lost),
+    so the edge always learns the status, and the wait it names."""
+    import asyncio
+
+    from winstar_core.transport.client import EdgeClient
+
+    s = dual_stack
+    for _ in range(throttle_module.FREE_FAILURES + 1):  # the address ::1 is refused from now on
+        call = RawCall(f"[::1]:{s.port}", credentials(s.edge.routing_key, "guess"))
+        call.send(hello())
+        call.ended()
+        call.close()
+    edge = Node(f"sqlite:///{s.tmp / 'edge.db'}", platform=platform)
+    edge.init_edge(f"[::1]:{s.port}", s.edge.routing_key, s.secret)
+    client = EdgeClient(edge)
+
+    async def attempts() -> list[tuple[grpc.StatusCode, str]]:
+        seen = []
+        for _ in range(15):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client._session(asyncio.Event())
+            seen.append((info.value.code(), info.value.details() or ""))
+        return seen
+
+    seen = asyncio.run(attempts())
+    edge.close()
+    assert {code for code, _ in seen} == {grpc.StatusCode.RESOURCE_EXHAUSTED}, seen
+    assert all(d.startswith("too many failed attempts from this address: retry in") for _, d in seen)
+
+
 # -- fairness --------------------------------------------------------------------------------------------
 
 

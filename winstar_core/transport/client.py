@@ -22,7 +22,7 @@ import grpc
 from winstar_core import metrics
 from winstar_core.errors import WinstarError
 from winstar_core.node import Node, check_addresses, read_secret
-from winstar_core.services.common import get_config, set_config
+from winstar_core.services.common import SYNC_EVENT_TYPE, get_config, set_config
 from winstar_core.services.edge import EdgeService
 from winstar_core.store.models import CloudEvent, now_ms
 from winstar_core.store.outbox import (
@@ -37,6 +37,7 @@ from winstar_core.transport.limits import (
     MAX_ANNOUNCED_TYPES,
     MAX_MESSAGE_BYTES,
     MAX_SEQ,
+    METADATA_ADMITTED,
     METADATA_ROUTING_KEY,
     METADATA_SECRET,
     MIN_PEER_MESSAGE_BYTES,
@@ -71,6 +72,8 @@ RETRYABLE = {
     grpc.StatusCode.CANCELLED,
 }
 HEARTBEAT_S = 5.0
+#: seconds the edge waits for the cloud to say it let it in before it sends its Hello anyway
+AUTH_WAIT_S = 5.0
 WELCOME_TIMEOUT_S = 30.0
 BACKOFF_START_S = 0.5
 BACKOFF_CAP_S = 30.0
@@ -236,7 +239,9 @@ class EdgeClient:
                     metrics.db_error()
                 error = f"{type(exc).__name__}: {exc}"
             self.connected.clear()
-            if len(self.cloud_addrs) > 1:  # the next node: this one may be gone
+            # the next node: this one may be gone; but a node that said when to come back is up
+            # and busy (a connect storm): back to it then, not to a node that may be dead
+            if len(self.cloud_addrs) > 1 and hint is None:
                 self._addr += 1
             with suppress(Exception):
                 await asyncio.to_thread(self._set_state, connected=False, error=error)
@@ -337,6 +342,21 @@ class EdgeClient:
         )
         secret = await asyncio.to_thread(read_secret, self.secret_file)
         call = connect(metadata=((METADATA_ROUTING_KEY, self.routing_key), (METADATA_SECRET, secret)))
+        # the cloud sends its (empty) initial metadata once it let us in: the Hello goes after it,
+        # so that a refusal reaches us with its own status and reason (a write racing the refusal
+        # is reported by gRPC as INTERNAL, reason lost). A cloud that says nothing within
+        # AUTH_WAIT_S gets the Hello anyway.
+        admitted = True  # a cloud that does not answer in time gets the Hello anyway
+        with suppress(TimeoutError):
+            first = await asyncio.wait_for(call.initial_metadata(), timeout=AUTH_WAIT_S)
+            admitted = any(key == METADATA_ADMITTED for key, _ in (first or ()))
+        if not admitted or call.done():  # refused: the call ends with the cloud's status
+            raise grpc.aio.AioRpcError(
+                await call.code(),
+                await call.initial_metadata(),
+                await call.trailing_metadata(),
+                await call.details(),
+            )
         await call.write(pb.EdgeMessage(hello=hello))
         reading = asyncio.ensure_future(call.read())
         stopping = asyncio.ensure_future(stop.wait())
@@ -412,6 +432,8 @@ class EdgeClient:
                         check_batch(events, msg.downlinks.last_seq)
                         ack, _ = await asyncio.to_thread(receiver.apply_batch, events, msg.downlinks.last_seq)
                         await out.put(pb.EdgeMessage(downlink_ack=ack))
+                        if any(e.type == SYNC_EVENT_TYPE for e in events):
+                            sender.wake()  # a digest's answer is waiting in the uplink stream
                     elif kind == "uplink_ack":
                         await sender.on_ack(msg.uplink_ack)
                         metrics.edge_ack(time.time())

@@ -32,5 +32,7 @@ SERVICE_NAME = "winstar.edge.v1.EdgeSync"
 #: the call's metadata that authenticates an edge, checked before any message is read
 METADATA_ROUTING_KEY = "winstar-routing-key"
 METADATA_SECRET = "winstar-secret"
+#: the cloud's initial metadata once it authenticated the edge: the edge sends its Hello then
+METADATA_ADMITTED = "winstar-admitted"
 #: seconds an authenticated edge has to send its Hello
 HELLO_TIMEOUT_S = 30.0

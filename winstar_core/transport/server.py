@@ -62,6 +62,7 @@ from winstar_core.transport.limits import (
     MAX_ANNOUNCED_TYPES,
     MAX_MESSAGE_BYTES,
     MAX_SEQ,
+    METADATA_ADMITTED,
     METADATA_ROUTING_KEY,
     METADATA_SECRET,
     MIN_PEER_MESSAGE_BYTES,
@@ -598,6 +599,9 @@ class CloudServer:
     async def _open(self, context: grpc.aio.ServicerContext) -> tuple[EdgeSession, pb.Welcome]:
         host = peer_host(context.peer() or "")
         edge_id, tenant_id = await self._authenticated(context, host)
+        # tells the edge it got in: it sends its Hello then, so a refusal (above) never races
+        # its write (which gRPC would report to it as INTERNAL instead of our status)
+        await context.send_initial_metadata(((METADATA_ADMITTED, "1"),))
         try:
             raw = await asyncio.wait_for(context.read(), HELLO_TIMEOUT_S)
         except TimeoutError:

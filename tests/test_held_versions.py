@@ -259,13 +259,15 @@ def test_retry_sends_the_entity_as_it_is_now(make_platform, db_url, tmp_path, li
     link_runner.wait_connected(handle)
     with edge_node.edge() as e:
         dev = e.create_entity("device", "bad-1", None, user_email="admin@acme.io")
-    with edge_node.edge() as e:
-        e.update_entity(e.session.get(Entity, dev.id), name="good-1")
 
     def failed() -> list[int]:
         with edge_node.edge() as e:
             return [r.seq for r in e.uplinks("FAILED")]
 
+    # the ADDED fails before the update is queued (a pending ADDED would be superseded by it)
+    wait_for(lambda: len(failed()) == 1, what="the ADDED to fail")
+    with edge_node.edge() as e:
+        e.update_entity(e.session.get(Entity, dev.id), name="good-1")
     wait_for(lambda: len(failed()) == 2, what="both uplinks to fail")
     with edge_node.edge() as e:
         first = e.retry_failed()

@@ -361,3 +361,19 @@ class EntityTypeRegister:
             return d
 
         return depth(name)
+
+    def dependents(self, name: str) -> tuple[tuple[str, ...], bool]:
+        """What may need an entity of type ``name`` to reach a peer first: the types that depend
+        on it (directly or not), and whether a membership may name it (it can be a member: it is
+        not a container). A type without a plugin here: every type, and memberships. The outbox's
+        compaction keeps an entity's state before these (store/outbox.py)."""
+        entity_type = self._types.get(name)
+        if entity_type is None:
+            return tuple(sorted(self._types)), True
+
+        def needs(n: str, seen: frozenset[str]) -> bool:
+            deps = self._types[n].depends_on if n in self._types else ()
+            return any(d == name or (d not in seen and needs(d, seen | {d})) for d in deps)
+
+        found = tuple(sorted(n for n in self._types if n != name and needs(n, frozenset({n}))))
+        return found, not entity_type.container

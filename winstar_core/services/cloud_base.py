@@ -38,7 +38,7 @@ class CloudBase:
         self.platform = platform
         self.types = platform.types
         self.entities = EntityStore(session, self.types)
-        self.outbox = Outbox()
+        self.outbox = Outbox(dependents=self.types.dependents)  # compaction (store/outbox.py)
         #: (edge, entity) whose ADDED event is not sent back to the edge that just created it
         self._no_echo: tuple[uuid.UUID, uuid.UUID] | None = None
         #: entities inserted by this transaction and not yet assigned nor made members anywhere

@@ -46,7 +46,7 @@ class EdgeBase:
         self.platform = platform
         self.types = platform.types
         self.entities = EntityStore(session, self.types)
-        self.outbox = Outbox()
+        self.outbox = Outbox(dependents=self.types.dependents)  # compaction (store/outbox.py)
         self.batch: BatchCache | None = None
         #: the node's configuration as read in this transaction (read once: every upsert checks it)
         self._config: dict[str, Any] = {}

@@ -242,6 +242,22 @@ class EdgeEvent(OutboxColumns, Base):
             postgresql_where=sa.text("status = 'PENDING'"),
             sqlite_where=sa.text("status = 'PENDING'"),
         ),
+        # the unsent and the held events of one entity in an edge's stream (compaction,
+        # store/outbox.py)
+        sa.Index(
+            "ix_edge_event_pending_entity",
+            "edge_id",
+            "entity_id",
+            postgresql_where=sa.text("status = 'PENDING'"),
+            sqlite_where=sa.text("status = 'PENDING'"),
+        ),
+        sa.Index(
+            "ix_edge_event_held_entity",
+            "edge_id",
+            "entity_id",
+            postgresql_where=sa.text("status = 'HELD'"),
+            sqlite_where=sa.text("status = 'HELD'"),
+        ),
         # what retention may delete, oldest first (services/retention.py)
         sa.Index(
             "ix_edge_event_prunable",

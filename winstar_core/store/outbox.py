@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -170,12 +170,203 @@ def notify_senders(session: Session, edge_ids: list[uuid.UUID], uplinks: bool) -
         session.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL_UPLINK, "")))
 
 
+#: actions whose body is the entity's whole state (the receivers upsert either one), and those
+#: that remove the entity from the receiver
+STATE_ACTIONS = ("ADDED", "UPDATED")
+REMOVAL_ACTIONS = ("DELETED", "UNASSIGNED")
+
+# Compaction (docs/protocol.md, "Compaction"): the older PENDING events of an entity that the
+# newest event of the flush replaces. ``n`` is one row per (stream, entity): the newest event of
+# the entity in the flush (``seq``), whether it removes the entity (``removal``), the types whose
+# events may need the entity first (``deps``, comma-separated) and whether a membership may name
+# it (``members``). An older row ``r`` is superseded when the new one carries everything ``r``
+# would have done (a state replaces states; a removal replaces states and removals), the entity
+# has no HELD event in the stream, and no event between the two still to be sent (PENDING or
+# HELD) needs ``r`` first: a non-replaceable event of the entity itself (a membership of a
+# container, a removal before a re-create), a membership (it may name the entity as its member),
+# or an event of a type that depends on the entity's.
+_COMPACT = """
+UPDATE {t} AS r
+SET status = 'SUPERSEDED', delivered_time = :now, error = 'superseded by seq ' || n.seq
+FROM {n}
+WHERE {r_stream} r.entity_id = n.entity_id AND r.status = 'PENDING' AND r.seq < n.seq
+  AND (r.action IN ('ADDED', 'UPDATED') OR (n.removal AND r.action IN ('DELETED', 'UNASSIGNED')))
+  AND NOT EXISTS (
+    SELECT 1 FROM {t} AS h WHERE {h_stream} h.entity_id = n.entity_id AND h.status = 'HELD'
+  )
+  AND NOT EXISTS (
+    SELECT 1 FROM {t} AS b
+    WHERE {b_stream} b.seq > r.seq AND b.seq < n.seq AND b.status IN ('PENDING', 'HELD')
+      AND CASE WHEN b.entity_id = n.entity_id
+          THEN NOT (b.action IN ('ADDED', 'UPDATED') OR (n.removal AND b.action IN ('DELETED', 'UNASSIGNED')))
+          ELSE (n.members AND b.action IN ('MEMBER_ADDED', 'MEMBER_REMOVED')) OR {b_dep}
+      END
+  )
+RETURNING {returning}
+"""
+
+
+def _compact_sql(table: str, postgres: bool) -> sa.TextClause:
+    stream = table == "edge_event"
+    if postgres:
+        cols = ["edge_id"] if stream else []
+        casts = ["uuid[]"] if stream else []
+        cols += ["entity_id", "seq", "removal", "deps", "members"]
+        casts += ["uuid[]", "bigint[]", "boolean[]", "text[]", "boolean[]"]
+        args = ", ".join(f"CAST(:{c}s AS {cast})" for c, cast in zip(cols, casts, strict=True))
+        n = f"unnest({args}) AS n({', '.join(cols)})"
+        dep = "b.type = ANY(string_to_array(n.deps, ','))"
+    else:  # one statement per (stream, entity): a row of values
+        names = (["edge_id"] if stream else []) + ["entity_id", "seq", "removal", "deps", "members"]
+        n = f"(SELECT {', '.join(f':{c} AS {c}' for c in names)}) AS n"
+        dep = "instr(',' || n.deps || ',', ',' || b.type || ',') > 0"
+    text = _COMPACT.format(
+        t=table,
+        n=n,
+        r_stream="r.edge_id = n.edge_id AND" if stream else "",
+        h_stream="h.edge_id = n.edge_id AND" if stream else "",
+        b_stream="b.edge_id = n.edge_id AND" if stream else "",
+        b_dep=dep,
+        # SQLite's RETURNING names the updated table's columns without its alias
+        returning=", ".join(
+            f"{'r.' if postgres else ''}{c}"
+            for c in (["edge_id"] if stream else []) + ["entity_id", "action"]
+        ),
+    )
+    clause = sa.text(text)
+    if not postgres:
+        uuids = [sa.bindparam("entity_id", type_=sa.Uuid())]
+        if stream:
+            uuids.append(sa.bindparam("edge_id", type_=sa.Uuid()))
+        clause = clause.bindparams(*uuids)
+    return clause
+
+
+_REWRITE_PG = {
+    "edge_event": sa.text(
+        """
+        UPDATE edge_event SET action = 'ADDED'
+        FROM unnest(CAST(:edge_ids AS uuid[]), CAST(:seqs AS bigint[])) AS w(edge_id, seq)
+        WHERE edge_event.edge_id = w.edge_id AND edge_event.seq = w.seq
+        """
+    ),
+    "cloud_event": sa.text(
+        "UPDATE cloud_event SET action = 'ADDED' WHERE seq = ANY(CAST(:seqs AS bigint[]))"
+    ),
+}
+
+
+@dataclass
+class _Newest:
+    """The newest event of an entity in one stream of a flush: what compaction starts from."""
+
+    seq: int
+    action: str
+    deps: str
+    members: bool
+
+
+def compact(
+    session: Session,
+    model: Any,
+    rows: list[dict[str, object]],
+    dependents: Callable[[str], tuple[tuple[str, ...], bool]],
+    now: int,
+) -> int:
+    """Supersede the older PENDING events of the entities the just inserted ``rows`` (of one
+    outbox table, numbered) change, where the newest of them replaces them (see ``_COMPACT``
+    and docs/protocol.md "Compaction"). A superseded ADDED makes its replacing UPDATED an ADDED:
+    the receiver may never have seen the entity (and the cloud refuses an UPDATED of an entity
+    it does not know). On PostgreSQL one statement for every stream of the flush (and one more
+    only if an action is rewritten); on SQLite one per entity changed. Returns how many events
+    were superseded. Runs in the flush's transaction, which holds the streams' counter rows: no
+    other writer of these streams runs until it commits."""
+    table = model.__tablename__
+    stream = table == "edge_event"
+    newest: dict[tuple[Any, Any], _Newest] = {}
+    known: dict[str, tuple[str, bool]] = {}
+    for row in rows:
+        entity_id, type_, action = row["entity_id"], str(row["type"]), str(row["action"])
+        if entity_id is None or type_.startswith("_"):
+            continue  # the core's own events (users, the edge's config, a sync) are not compacted
+        key = (row.get("edge_id"), entity_id)
+        if action not in STATE_ACTIONS and action not in REMOVAL_ACTIONS:
+            continue
+        if type_ not in known:
+            deps, members = dependents(type_)
+            known[type_] = (",".join(deps), members)
+        newest[key] = _Newest(cast(int, row["seq"]), action, *known[type_])
+    if not newest:
+        return 0
+    postgres = session.get_bind().dialect.name == "postgresql"
+    stmt = _compact_sql(table, postgres)
+    keys = sorted(newest, key=lambda k: (str(k[0]), str(k[1])))
+    found: list[Any] = []
+    if postgres:
+        params: dict[str, Any] = {
+            "now": now,
+            "entity_ids": [k[1] for k in keys],
+            "seqs": [newest[k].seq for k in keys],
+            "removals": [newest[k].action in REMOVAL_ACTIONS for k in keys],
+            "depss": [newest[k].deps for k in keys],
+            "memberss": [newest[k].members for k in keys],
+        }
+        if stream:
+            params["edge_ids"] = [k[0] for k in keys]
+        found = list(session.execute(stmt, params))
+    else:
+        for k in keys:
+            new = newest[k]
+            one: dict[str, Any] = {
+                "now": now,
+                "entity_id": k[1],
+                "seq": new.seq,
+                "removal": new.action in REMOVAL_ACTIONS,
+                "deps": new.deps,
+                "members": new.members,
+            }
+            if stream:
+                one["edge_id"] = k[0]
+            found.extend(session.execute(stmt, one))
+    rewrite: set[tuple[Any, int]] = set()
+    for hit in found:
+        edge_id, entity_id, action = (hit[0], hit[1], hit[2]) if stream else (None, hit[0], hit[1])
+        key = (_as_uuid(edge_id) if stream else None, _as_uuid(entity_id))
+        new = newest[key]
+        if action == "ADDED" and new.action == "UPDATED":
+            rewrite.add((key[0], new.seq))
+    if rewrite:
+        ordered = sorted(rewrite, key=lambda w: (str(w[0]), w[1]))
+        if postgres:
+            args: dict[str, Any] = {"seqs": [w[1] for w in ordered]}
+            if stream:
+                args["edge_ids"] = [w[0] for w in ordered]
+            session.execute(_REWRITE_PG[table], args)
+        else:
+            where = [model.seq == sa.bindparam("w_seq")]
+            if stream:
+                where.append(model.edge_id == sa.bindparam("w_edge", type_=sa.Uuid()))
+            session.execute(
+                sa.update(model.__table__).where(*where).values(action="ADDED"),
+                [{"w_seq": seq, "w_edge": edge} if stream else {"w_seq": seq} for edge, seq in ordered],
+            )
+    return len(found)
+
+
+def _as_uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
 @dataclass
 class Outbox:
-    """The events of one transaction, waiting to be numbered and written."""
+    """The events of one transaction, waiting to be numbered and written. ``dependents``: for an
+    entity type, the types whose events may need an entity of it first and whether a membership
+    may name one (``EntityTypeRegister.dependents``); with it, :meth:`flush` compacts (see
+    :func:`compact`), without it nothing is superseded."""
 
     downlinks: dict[uuid.UUID, list[OutboxEvent]] = field(default_factory=dict)
     uplinks: list[OutboxEvent] = field(default_factory=list)
+    dependents: Callable[[str], tuple[tuple[str, ...], bool]] | None = None
 
     def downlink(self, edge_id: uuid.UUID, event: OutboxEvent) -> None:
         self.downlinks.setdefault(edge_id, []).append(event)
@@ -218,9 +409,14 @@ class Outbox:
             rows.extend(_rows(first, created, self.downlinks[edge_id], edge_id))
         if rows:
             session.execute(sa.insert(EdgeEvent), rows)
+            if self.dependents is not None:
+                compact(session, EdgeEvent, rows, self.dependents, created)
         if self.uplinks:
             first = allocate(session, UPLINK_STREAM, len(self.uplinks))
-            session.execute(sa.insert(CloudEvent), _rows(first, created, self.uplinks))
+            up = _rows(first, created, self.uplinks)
+            session.execute(sa.insert(CloudEvent), up)
+            if self.dependents is not None:
+                compact(session, CloudEvent, up, self.dependents, created)
         notify_senders(session, sorted(self.downlinks, key=str), bool(self.uplinks))
         self.downlinks.clear()
         self.uplinks.clear()

@@ -212,9 +212,10 @@ def test_prune_deletes_only_old_delivered_superseded_and_dismissed_downlinks(kit
     assert state(cloud, EdgeEvent, e1) == KEPT
     assert state(cloud, EdgeEvent, e2) == KEPT
     # a shorter retention reaches the young ones; PENDING, HELD and FAILED stay whatever their age
+    # (but for the newest sent event of each stream, kept to notice a box restored from a backup)
     out = kit.cli(cloud, "prune", "--older-than", "30m")
-    assert out.stdout.strip() == "deleted 6 delivered, superseded or dismissed event(s) older than 30m"
-    assert state(cloud, EdgeEvent, e1) == {1: PENDING, 2: HELD, 3: FAILED}
+    assert out.stdout.strip() == "deleted 4 delivered, superseded or dismissed event(s) older than 30m"
+    assert state(cloud, EdgeEvent, e1) == {1: PENDING, 2: HELD, 3: FAILED, 9: DISMISSED}
 
 
 def test_prune_on_an_edge_deletes_its_old_uplinks(kit, edge_node):
@@ -229,8 +230,8 @@ def test_prune_goes_batch_by_batch_through_both_outboxes(cloud):
     old = now_ms() - 2 * DAY
     put(cloud, EdgeEvent, [(seq, DELIVERED, old + seq) for seq in range(1, 12)], e1)
     put(cloud, CloudEvent, [(seq, DISMISSED, old + seq) for seq in range(1, 6)] + [(6, FAILED, old)])
-    assert prune(cloud.db, DAY, batch=3) == 16
-    assert state(cloud, EdgeEvent) == {} and state(cloud, CloudEvent) == {6: FAILED}
+    assert prune(cloud.db, DAY, batch=3) == 15  # each stream keeps its newest sent event
+    assert state(cloud, EdgeEvent) == {11: DELIVERED} and state(cloud, CloudEvent) == {6: FAILED}
 
 
 def test_a_halted_prune_stops_between_batches(cloud):
@@ -320,7 +321,8 @@ def test_edge_dismiss_marks_failed_downlinks_of_that_edge_only(kit, cloud):
             sa.select(EdgeEvent.delivered_time).where(EdgeEvent.edge_id == e1, EdgeEvent.status == DISMISSED)
         ).scalars()
         assert all(t >= before for t in stamps)
-    assert kit.json(cloud, "prune", "--older-than", "1d") == {"deleted": 1}  # the old delivered one only
+    # nothing: the dismissed ones are young, the old delivered one is its stream's newest sent
+    assert kit.json(cloud, "prune", "--older-than", "1d") == {"deleted": 0}
     assert kit.json(cloud, "edge", "show", "e1")["failed"] == 0
     assert kit.json(cloud, "edge", "show", "e2")["failed"] == 1
 
@@ -402,7 +404,7 @@ def test_a_node_skips_its_round_while_another_prunes(platform, pg_url):
             time.sleep(0.5)
             assert waiter.is_alive() and not waited
         waiter.join(30)
-        assert waited == [20] and state(node, EdgeEvent) == {}
+        assert waited == [19] and state(node, EdgeEvent) == {20: DELIVERED}  # the newest stays
         with node.db.begin() as s:  # the lock went with the transactions that held it
             assert take_prune_lock(s)
     finally:
@@ -464,8 +466,9 @@ def test_a_running_cloud_prunes_in_the_background_and_stops_cleanly(kit, cloud, 
         assert state(cloud, EdgeEvent) == {3: PENDING, 4: FAILED, 5: HELD, 6: DELIVERED}
         # a later round: delivered now, gone once older than the retention (1 s)
         put(cloud, EdgeEvent, [(7, DELIVERED, now_ms()), (8, SUPERSEDED, now_ms())], e1)
-        wait_until(lambda: 8 not in state(cloud, EdgeEvent), 30, what="a later pruning round")
-        assert state(cloud, EdgeEvent) == {3: PENDING, 4: FAILED, 5: HELD, 6: DELIVERED}
+        wait_until(lambda: 7 not in state(cloud, EdgeEvent), 30, what="a later pruning round")
+        # the newest sent event of the stream stays (see test_a_box_restored_...)
+        assert state(cloud, EdgeEvent) == {3: PENDING, 4: FAILED, 5: HELD, 6: DELIVERED, 8: SUPERSEDED}
         assert _stored_retention(cloud) == "1s"
         assert proc.alive()
     finally:
@@ -498,3 +501,46 @@ def test_run_refuses_a_bad_retention_before_doing_anything(cloud, tmp_path: Path
     err = out.stderr.strip()
     assert out.returncode == 2 and len(err.splitlines()) == 1 and "'1y' is not a duration" in err, err
     assert _stored_retention(cloud) is None
+
+
+def test_a_box_restored_from_an_older_backup_is_still_noticed_after_pruning(
+    cloud_node, tmp_path, platform, link_runner
+):
+    """The cloud notices a box restored from an older backup by comparing its mark with the
+    newest sent event of its stream: pruning keeps that one row, however old."""
+    import time
+
+    from procs import wait_until
+    from test_link import _acme_edge, _box, _copy_sqlite, _drain_once, _edge_names
+
+    from winstar_core.node import Node
+    from winstar_core.services.retention import prune
+
+    edge, secret = _acme_edge(cloud_node)
+    server = link_runner.start_cloud(cloud_node, 0)
+    box = _box(tmp_path, "box.db", platform, server, edge, secret)
+    _drain_once(link_runner, box, cloud_node, "a1")
+    _copy_sqlite(box, tmp_path / "backup.db")
+    with cloud_node.cloud() as c:
+        c.assign(c.find_edge("e"), c.create_entity("asset", "a2", c.find_tenant("Acme")))
+    _drain_once(link_runner, box, cloud_node, "a2")
+    box.close()
+    time.sleep(0.01)
+    assert prune(cloud_node.db, 0) > 0  # everything delivered is past the retention...
+    with cloud_node.db.read() as conn:  # ...but the newest sent event of the stream stays
+        assert conn.scalar(sa.select(sa.func.count()).select_from(EdgeEvent)) == 1
+    (tmp_path / "box.db").unlink()
+    for extra in ("box.db-wal", "box.db-shm"):
+        (tmp_path / extra).unlink(missing_ok=True)
+    (tmp_path / "backup.db").rename(tmp_path / "box.db")
+    restored = Node(f"sqlite:///{tmp_path / 'box.db'}", platform=platform)
+    assert "a2" not in _edge_names(restored)
+    h = link_runner.start_edge(restored)
+    try:
+        wait_until(
+            lambda: "a2" in _edge_names(restored), timeout=20, what="the restored box gets its state back"
+        )
+    finally:
+        link_runner.stop_edge(h)
+        link_runner.stop_cloud(server, 0.2)
+        restored.close()

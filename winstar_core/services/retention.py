@@ -30,7 +30,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from winstar_core.errors import WinstarError
 from winstar_core.services.config import get_config, set_config
@@ -39,6 +39,8 @@ from winstar_core.store.db import Database
 from winstar_core.store.models import (
     DISMISSED,
     FAILED,
+    HELD,
+    PENDING,
     PRUNABLE_WHERE,
     CloudEvent,
     EdgeEvent,
@@ -157,9 +159,14 @@ def oldest_prunable(model: Any, cutoff: int, batch: int) -> sa.Select[Any]:
     """The ids of at most ``batch`` prunable rows of ``model`` delivered before ``cutoff``, oldest
     first: a walk along ``ix_*_prunable``. The status test is :data:`PRUNABLE_WHERE` as text, not
     bound values: a planner matches a partial index only to a predicate it can read."""
+    later = aliased(model)
+    same_stream = [later.edge_id == model.edge_id] if model is EdgeEvent else []
+    # the newest sent event of each stream stays, whatever its age: the cloud compares an edge's
+    # mark with it to notice a box restored from an older backup (server.py, highest_delivered)
+    newer_sent = sa.exists().where(*same_stream, later.seq > model.seq, later.status.not_in((PENDING, HELD)))
     return (
         sa.select(model.id)
-        .where(sa.text(PRUNABLE_WHERE), model.delivered_time < cutoff)
+        .where(sa.text(PRUNABLE_WHERE), model.delivered_time < cutoff, newer_sent)
         .order_by(model.delivered_time)
         .limit(batch)
     )

@@ -50,13 +50,14 @@ def test_announced_versions_out_of_reach_never_break_the_sender():
     assert capabilities([], [], "the edge") is None  # announced nothing: sent everything
 
 
-def test_a_refusal_that_says_when_is_taken_at_its_word_within_a_minute():
+def test_a_refusal_that_says_when_is_taken_at_its_word_within_bounds():
     from winstar_core.transport.client import retry_hint
 
     assert retry_hint("too many failed attempts from this address: retry in 8s") == 8
     assert retry_hint("8 connections from this address are being authenticated already: retry in 1s") == 1
     assert retry_hint("retry in 99999s") is None  # not a wait any cloud of ours asks for
-    assert retry_hint("retry in 3600s") == 60  # a cloud cannot keep an edge away for long
+    assert retry_hint("retry in 3600s") == 30  # a cloud cannot keep an edge away long (30-60 s)
+    assert retry_hint("retry in 0s") == 0.5  # nor make it spin
     assert retry_hint("invalid routing key or secret") is None
 
 
@@ -71,3 +72,38 @@ def test_the_next_node_of_the_list_is_tried_at_once_and_the_backoff_grows_once_a
     assert next_delay(20.0, 30.0, None, next_in_round=False)[1] == 30.0  # up to the cap
     delay, after = next_delay(backoff, 30.0, 5.0, next_in_round=False)
     assert 5.0 <= delay <= 10.0 and after == backoff  # the cloud said when
+
+
+def test_an_edge_leaves_a_node_that_keeps_telling_it_to_come_back_later(tmp_path, monkeypatch):
+    """A node's throttle may refuse a whole address for another box's failures: after a few
+    refusals naming a wait, the edge tries the next node of its list (the policy alone: the
+    session is replaced by a refusal, the waits by none)."""
+    import asyncio
+
+    import grpc
+
+    from winstar_core.transport import client as client_module
+
+    edge = Node(f"sqlite:///{tmp_path / 'e.db'}")
+    edge.init_edge("127.0.0.1:1,127.0.0.1:2", "rk", "s")
+    client = client_module.EdgeClient(edge)
+    tried: list[str] = []
+
+    async def refused(stop: asyncio.Event) -> None:
+        tried.append(client.cloud_addr)
+        if len(tried) >= 12:
+            stop.set()
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            None,
+            None,
+            "too many failed attempts from this address: retry in 600s",
+        )
+
+    monkeypatch.setattr(client, "_session", refused)
+    monkeypatch.setattr(client_module, "next_delay", lambda b, c, h, next_in_round: (0.0, b))
+    asyncio.run(client.run(asyncio.Event()))
+    edge.close()
+    per_node = client_module.HINTED_PER_NODE + 1
+    # the same node while it names a wait, then the next one, and so on: never pinned
+    assert tried == (["127.0.0.1:1"] * per_node + ["127.0.0.1:2"] * per_node) * 2

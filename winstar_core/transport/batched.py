@@ -29,9 +29,11 @@ FetchRequest = tuple[OutboxStream, int, int, int]
 FetchResult = tuple[list[pb.Event], int]
 AckRequest = tuple[OutboxStream, list[pb.EventResult]]
 
-#: the most events one gathered read or mark may cover (a read's weight is its limit: 32 full
-#: batches of BATCH_SIZE, or hundreds of single changes)
+#: the most events one gathered mark may cover
 MAX_GATHERED_EVENTS = 16_000
+#: the most streams one gathered read may cover: each brings at least its first pending event,
+#: whatever its size (up to an entity's 4 MiB), so this bounds a read's memory in the worst case
+MAX_GATHERED_READS = 64
 #: the bodies one gathered read may load in all: each request's ``max_bytes`` is cut to its share
 #: (a batch's first event always comes, whatever its size, as in a stream's own read)
 MAX_GATHERED_BYTES = 32 * 1024 * 1024
@@ -136,7 +138,7 @@ class DownlinkAccess:
     def __init__(self, db: Database, offload: Callable[..., Awaitable[Any]]) -> None:
         self.db = db
         self._offload = offload
-        self.reads: Gatherer[FetchRequest, FetchResult] = Gatherer(self._read, MAX_GATHERED_EVENTS)
+        self.reads: Gatherer[FetchRequest, FetchResult] = Gatherer(self._read, MAX_GATHERED_READS)
         self.acks: Gatherer[AckRequest, None] = Gatherer(self._mark, MAX_GATHERED_EVENTS)
 
     async def _read(self, requests: Sequence[FetchRequest]) -> Sequence[FetchResult]:
@@ -149,7 +151,7 @@ class DownlinkAccess:
 
     async def fetch(self, stream: OutboxStream, after: int, limit: int, max_bytes: int) -> FetchResult:
         assert stream.edge_id is not None and stream.model is EdgeEvent
-        return await self.reads.submit((stream, after, limit, max_bytes), limit)
+        return await self.reads.submit((stream, after, limit, max_bytes))
 
     async def acknowledge(self, stream: OutboxStream, results: list[pb.EventResult]) -> None:
         await self.acks.submit((stream, results), len(results))

@@ -74,6 +74,12 @@ RETRYABLE = {
 HEARTBEAT_S = 5.0
 #: seconds the edge waits for the cloud to say it let it in before it sends its Hello anyway
 AUTH_WAIT_S = 5.0
+#: seconds the edge waits for a refusal's status after metadata that does not admit it
+REFUSAL_WAIT_S = 1.0
+#: refusals naming a wait that an edge takes from one node before it tries the next one
+HINTED_PER_NODE = 2
+#: the longest wait a refusal can impose on an edge
+MAX_HINT_S = 60.0
 WELCOME_TIMEOUT_S = 30.0
 BACKOFF_START_S = 0.5
 BACKOFF_CAP_S = 30.0
@@ -114,9 +120,12 @@ _RETRY_IN = re.compile(r"retry in (\d{1,4})s")
 
 
 def retry_hint(details: str) -> float | None:
-    """The seconds a refusal says to wait (``... retry in 3s``), at most a minute; None if none."""
+    """The seconds a refusal says to wait (``... retry in 3s``), within BACKOFF_START_S ..
+    MAX_HINT_S / 2 (the wait is spread over as long again); None if it names none."""
     found = _RETRY_IN.search(details)
-    return min(float(found.group(1)), 2 * BACKOFF_CAP_S) if found else None
+    if not found:
+        return None
+    return min(max(float(found.group(1)), BACKOFF_START_S), MAX_HINT_S / 2)
 
 
 def next_delay(backoff: float, cap: float, hint: float | None, next_in_round: bool) -> tuple[float, float]:
@@ -206,6 +215,7 @@ class EdgeClient:
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = BACKOFF_START_S
+        hinted = 0  # refusals in a row from the current node that said when to come back
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             started = loop.time()
@@ -240,9 +250,13 @@ class EdgeClient:
                 error = f"{type(exc).__name__}: {exc}"
             self.connected.clear()
             # the next node: this one may be gone; but a node that said when to come back is up
-            # and busy (a connect storm): back to it then, not to a node that may be dead
-            if len(self.cloud_addrs) > 1 and hint is None:
+            # and busy (a connect storm): back to it then, not to a node that may be dead, for
+            # HINTED_PER_NODE refusals in a row (its throttle may be refusing the whole address
+            # for someone else's failures: another node may take us)
+            hinted = hinted + 1 if hint is not None else 0
+            if len(self.cloud_addrs) > 1 and (hint is None or hinted > HINTED_PER_NODE):
                 self._addr += 1
+                hinted = 0
             with suppress(Exception):
                 await asyncio.to_thread(self._set_state, connected=False, error=error)
             if stop.is_set():
@@ -342,15 +356,17 @@ class EdgeClient:
         )
         secret = await asyncio.to_thread(read_secret, self.secret_file)
         call = connect(metadata=((METADATA_ROUTING_KEY, self.routing_key), (METADATA_SECRET, secret)))
-        # the cloud sends its (empty) initial metadata once it let us in: the Hello goes after it,
-        # so that a refusal reaches us with its own status and reason (a write racing the refusal
-        # is reported by gRPC as INTERNAL, reason lost). A cloud that says nothing within
-        # AUTH_WAIT_S gets the Hello anyway.
-        admitted = True  # a cloud that does not answer in time gets the Hello anyway
+        # the cloud sends its initial metadata (winstar-admitted) once it let us in: the Hello
+        # goes after it, so that a refusal reaches us with its own status and reason (a write
+        # racing the refusal is reported by gRPC as INTERNAL, reason lost). Metadata without it
+        # is a refusal on its way (its status follows at once) or a peer of another kind; no
+        # answer within AUTH_WAIT_S, or no status within a second after such metadata: the Hello
+        # goes anyway, and the Welcome's own timeout applies.
         with suppress(TimeoutError):
             first = await asyncio.wait_for(call.initial_metadata(), timeout=AUTH_WAIT_S)
-            admitted = any(key == METADATA_ADMITTED for key, _ in (first or ()))
-        if not admitted or call.done():  # refused: the call ends with the cloud's status
+            if not any(key == METADATA_ADMITTED for key, _ in (first or ())):
+                await asyncio.wait_for(call.code(), timeout=REFUSAL_WAIT_S)
+        if call.done():  # refused: the call ended with the cloud's status
             raise grpc.aio.AioRpcError(
                 await call.code(),
                 await call.initial_metadata(),

@@ -396,3 +396,25 @@ def test_a_connected_edge_receives_the_imported_entities(kit, linked, tmp_path):
 
     wait_until(lambda: on_edge() == names, what="the imported devices on the edge")
     wait_until(lambda: {d.status for d in kit.downlinks(linked.cloud, "edge")} == {"delivered"})
+
+
+def test_lines_a_reader_would_misread_are_refused_by_number(kit, tmp_path):
+    """A repeated key (its last value would win silently), a line longer than any entity's data
+    (never held whole), and a byte-order mark before the first line (read as nothing)."""
+    from winstar_core.services.bulk import MAX_LINE_BYTES
+
+    cloud = kit.cloud()
+    kit.tenant(cloud)
+    f = tmp_path / "in.jsonl"
+    with f.open("wb") as fh:
+        fh.write(b'\xef\xbb\xbf{"name": "bom-ok", "data": {}}\n')
+        fh.write(b'{"name": "one", "name": "two", "data": {}}\n')
+        fh.write(b'{"name": "big", "data": {"x": "' + b"a" * (MAX_LINE_BYTES + 10) + b'"}}\n')
+        fh.write(b'{"name": "fine", "data": {}}\n')
+    out = kit.cli(cloud, "entity", "import", "asset", str(f), ok=False)
+    assert "line 2: the key 'name' appears twice in one object" in out.stderr
+    assert f"line 3: longer than {MAX_LINE_BYTES:,} bytes" in out.stderr
+    assert "line 1" not in out.stderr and "line 4" not in out.stderr
+    assert kit.entities(cloud, "asset") == []  # nothing written
+    f.write_bytes(b'\xef\xbb\xbf{"name": "bom-ok", "data": {}}\n')
+    assert kit.json(cloud, "entity", "import", "asset", str(f)) == {"created": 1, "assigned": 0}

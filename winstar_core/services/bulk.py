@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 
-from winstar_core.entity_types import shown
+from winstar_core.entity_types import MAX_DATA_BYTES, shown
 from winstar_core.errors import WinstarError
 from winstar_core.services.constants import ADDED
 from winstar_core.services.entities import entity_state
@@ -69,6 +69,10 @@ class ImportResult:
     assigned: int
 
 
+#: the longest line an import reads: an entity's data (4 MiB) and room for its name and JSON
+MAX_LINE_BYTES = MAX_DATA_BYTES + 64 * 1024
+
+
 class ImportRefused(WinstarError):
     """Some lines (or ``--assign`` edges) are bad: nothing was written. ``problems``: one line
     each (``line 7: ...``), in file order."""
@@ -83,14 +87,17 @@ class ImportRefused(WinstarError):
 def read_json_line(raw: bytes) -> dict[str, Any] | None:
     """A line's JSON object (``{"name", "data"}``), None for a blank line; a :class:`WinstarError`
     saying what is wrong with it otherwise (not UTF-8, not JSON, not an object, another key)."""
+    if len(raw) > MAX_LINE_BYTES:
+        raise WinstarError(f"longer than {MAX_LINE_BYTES:,} bytes (an entity's data is at most 4 MiB)")
     try:
-        text = raw.decode("utf-8").rstrip("\r\n")  # a column in the line, not on the next one
+        # a byte-order mark (as some editors write one) opens a file, not a JSON text
+        text = raw.decode("utf-8").lstrip("\ufeff").rstrip("\r\n")
     except UnicodeDecodeError as exc:
         raise WinstarError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not text.strip():
         return None
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_no_repeated_keys)
     except json.JSONDecodeError as exc:
         raise WinstarError(f"not valid JSON: {exc.msg} (column {exc.colno})") from None
     except RecursionError:
@@ -103,6 +110,34 @@ def read_json_line(raw: bytes) -> dict[str, Any] | None:
     if unknown:
         raise WinstarError(f'unknown key {shown(unknown[0])}: a line holds "name" and "data"')
     return value
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: a repeated key would silently keep its last
+    value (a name written twice, data overwritten)."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise WinstarError(f"the key {shown(key)} appears twice in one object")
+            seen.add(key)
+    return value
+
+
+def bounded_lines(source: Any) -> Iterable[bytes]:
+    """The lines of a binary file, none held longer than :data:`MAX_LINE_BYTES` + 1 bytes (the
+    rest of a longer line is read and dropped: the line is refused as too long, and the file is
+    never held whole). Any other iterable of lines is taken as it is."""
+    readline = getattr(source, "readline", None)
+    if readline is None:
+        yield from source
+        return
+    while line := readline(MAX_LINE_BYTES + 1):
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while (rest := readline(1024 * 1024)) and not rest.endswith(b"\n"):
+                pass
+        yield line
 
 
 def _kind(value: Any) -> str:
@@ -132,7 +167,7 @@ class BulkImport:
         good: list[ImportLine] = []
         seen: dict[tuple[str, str], int] = {}  # (scope, name) -> line
         number = 0
-        for number, raw in enumerate(lines, start=1):
+        for number, raw in enumerate(bounded_lines(lines), start=1):
             try:
                 value = read_json_line(raw)
                 if value is None:

@@ -171,10 +171,12 @@ def drain(link: InProcess | Processes, sender: Node, model: Any, type_name: str)
 
 
 def main() -> None:
-    if sys.argv[1:2] in (["fanout"], ["failover"], ["import"]):
+    if sys.argv[1:2] in (["fanout"], ["failover"], ["import"], ["resync"], ["full-sync"]):
         from importlib import import_module
 
-        import_module("bench." + {"import": "importing"}.get(sys.argv[1], sys.argv[1])).main(sys.argv[2:])
+        module = {"import": "importing", "full-sync": "resync"}.get(sys.argv[1], sys.argv[1])
+        extra = ["--full"] if sys.argv[1] == "full-sync" else []
+        import_module("bench." + module).main(extra + sys.argv[2:])
         return
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--events", type=int, default=20_000, help="cloud -> edge events to drain")

@@ -129,7 +129,7 @@ def test_the_import_graph_sees_the_services_imports():
     graph = import_graph()
     services = f"{ROOT}.services"
     assert f"{services}.cloud_uplinks" in graph[f"{services}.cloud"]
-    assert f"{services}.common" in graph[f"{services}.cloud_sync"]  # ``from ... import common``
+    assert f"{services}.common" in graph[f"{services}.cloud_digest"]  # ``from ... import common``
     assert f"{ROOT}.store.models" in graph[f"{ROOT}.store.outbox"]
     # a type-only import (under ``if TYPE_CHECKING:``) is not an edge
     assert f"{services}.cloud_uplinks" not in graph[f"{services}.rules"]

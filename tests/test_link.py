@@ -231,7 +231,7 @@ def test_a_long_sync_list_travels_in_parts(linked, monkeypatch):
     with linked.cloud.db.read() as conn:
         ends = conn.execute(
             sa.select(EdgeEvent.status, EdgeEvent.body)
-            .where(EdgeEvent.type == "_sync")
+            .where(EdgeEvent.type == "_sync", EdgeEvent.action == "SYNC")  # the digest's answer
             .order_by(EdgeEvent.seq)
         ).all()
     parts = [pb.SyncEnd.FromString(body) for _, body in ends]

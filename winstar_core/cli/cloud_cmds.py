@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from winstar_core.cli.api import current_node, emit, node_options
@@ -214,17 +216,18 @@ def edge_show(edge_ref: str, tenant_ref: str | None, as_json: bool) -> None:
     """One edge: its link, the box (instance) the cloud serves, its downlinks and its last sync.
 
     `instance` is the edge database the cloud serves (null: none yet) and `conflict` a line about
-    the last refused box (null if none); see `winstar edge reset-instance`. The sync's counters
-    (added, updated, removed, unchanged, bytes) are not recorded yet and are null; `failed` and
-    `held` count the events of the last sync that failed or are held (state "failed": the edge has
-    not converged).
+    the last refused box (null if none); see `winstar edge reset-instance`. The sync's counts
+    (added, updated, removed, unchanged: entities the sync sent, had the edge remove, found equal;
+    a full sync counts only `added`) and `bytes` (the bodies it queued both ways) are null until
+    a sync ran; `failed` and `held` count the events of the last sync that failed or are held
+    (state "failed": the edge has not converged).
     """
     with current_node().cloud("winstar edge show") as cloud:
         edge = cloud.find_edge(edge_ref, cloud.find_tenant(tenant_ref) if tenant_ref else None)
         counts = event_counts(cloud.session, edge)
         outcome = cloud.sync_outcome(edge)
         base = edge_json(edge, counts.get(PENDING, 0))
-        value = {
+        value: dict[str, Any] = {
             **{k: base[k] for k in ("id", "name", "tenant_id", "customer_id", "connected")},
             "node": base["node"],
             "instance": edge.instance_id,
@@ -237,18 +240,28 @@ def edge_show(edge_ref: str, tenant_ref: str | None, as_json: bool) -> None:
                 "state": outcome["state"],
                 "requested": bool(edge.sync_requested),
                 "finished": iso(outcome["finished"]),
-                # not recorded yet
-                "added": None,
-                "updated": None,
-                "removed": None,
-                "unchanged": None,
+                # the cloud's counts (a full sync counts only "added"); bytes: what travelled
+                **{k: outcome[k] for k in ("added", "updated", "removed", "unchanged")},
                 # events of the last sync that failed / are held (the edge has not converged)
                 "failed": outcome["failed"],
                 "held": outcome["held"],
-                "bytes": None,
+                "bytes": outcome["bytes"],
             },
         }
+    if not as_json:
+        value["sync"] = sync_line(value["sync"])
     emit(value, as_json)
+
+
+def sync_line(sync: dict[str, Any]) -> str:
+    """A sync's outcome in one readable line: its state, when it ended, what it counted."""
+    line = str(sync["state"]) + (f" at {sync['finished']}" if sync["finished"] else "")
+    line += " (requested again)" if sync["requested"] and sync["state"] != "pending" else ""
+    counts = [f"{sync[k]} {k}" for k in ("added", "updated", "removed", "unchanged") if sync[k] is not None]
+    counts += [f"{sync[k]} {k}" for k in ("failed", "held") if sync[k]]
+    if sync["bytes"] is not None:
+        counts.append(f"{sync['bytes']:,} bytes")
+    return line + (": " + ", ".join(counts) if counts else "")
 
 
 @edge_group.command("reset-instance")

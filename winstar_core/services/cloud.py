@@ -12,7 +12,8 @@ change implies into the same transaction (through :class:`~winstar_core.store.ou
 ``cloud_assignment``        effective sets, assign/unassign, members, their events
 ``cloud_entities``          entity create/update/delete
 ``cloud_uplinks``           applying what an edge sent up
-``cloud_sync``              Sync Edge: queueing an edge's whole state, its outcome
+``cloud_digest``            Sync Edge by digest: the digest, answering the edge's diff
+``cloud_sync``              Sync Edge: when it runs, a full sync, its outcome
 ==========================  ==========================================================
 
 This module also checks an edge's secret (:func:`check_secret`) and keeps every name the rest of

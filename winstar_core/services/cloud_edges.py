@@ -18,6 +18,7 @@ from winstar_core.services.nodes import node_alive
 from winstar_core.services.retention import dismiss
 from winstar_core.store.models import CloudNode, Customer, Edge, EdgeEvent, Tenant, now_ms
 from winstar_core.store.outbox import (
+    NOTIFY_CHANNEL_DOWNLINK,
     downlink_stream,
     ensure_stream,
     list_events,
@@ -127,3 +128,5 @@ class CloudEdges(CloudBase):
         edge.sync_requested = True
         self.session.flush()
         notify_senders(self.session, [edge.id], uplinks=False)
+        if self.session.get_bind().dialect.name == "postgresql":  # the serving node starts it at once
+            self.session.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL_DOWNLINK, f"sync:{edge.id}")))

@@ -9,9 +9,10 @@ import sqlalchemy as sa
 
 from winstar_core.errors import NotFound, PermissionDenied, WinstarError
 from winstar_core.services.batch import BatchCache
+from winstar_core.services.cloud_digest import CloudDigest
 from winstar_core.services.cloud_entities import CloudEntities
-from winstar_core.services.cloud_tenancy import CloudTenancy
-from winstar_core.services.constants import ADDED, DELETED, EDGE_SUFFIX, UPDATED
+from winstar_core.services.constants import ADDED, DELETED, EDGE_SUFFIX, SYNC_EVENT_TYPE, UPDATED
+from winstar_core.services.digest import DIFF_ACTION
 from winstar_core.services.entities import entity_state, scope_of
 from winstar_core.services.ids import parse_uuid
 from winstar_core.services.names import clean_name, fit_name
@@ -22,7 +23,7 @@ from winstar_core.store.outbox import OutboxEvent
 from winstar_core.transport.pb import sync_pb2 as pb
 
 
-class CloudUplinks(CloudEntities, CloudTenancy):
+class CloudUplinks(CloudEntities, CloudDigest):
     """Apply an edge's uplinks. Uses ``batch`` (set by :meth:`prefetch`), ``_fresh``,
     ``_created_by_edge`` and ``_no_echo``, and the entity writes, assignment and tenants of the
     parts it builds on."""
@@ -86,7 +87,11 @@ class CloudUplinks(CloudEntities, CloudTenancy):
         """Apply one change an edge sent. Raises a :class:`WinstarError` (the edge sees its message
         as the event's FAILED reason) for anything outside the edge's rights, and for anything in
         the event that is not what it should be (a body that does not parse, an id that is not a
-        UUID...): a broken or hostile edge gets its event refused, never a batch broken."""
+        UUID...): a broken or hostile edge gets its event refused, never a batch broken. A
+        ``_sync`` event is the edge's answer to a digest sync (:meth:`answer_sync_diff`)."""
+        if event.type == SYNC_EVENT_TYPE and event.action == DIFF_ACTION:
+            self.answer_sync_diff(edge, event)
+            return
         if event.type not in self.types:
             raise WinstarError(f"unknown entity type {event.type!r}")
         etype = self.types.get(event.type)

@@ -23,6 +23,7 @@ from winstar_core.services.constants import (
     UPDATED,
     USER_EVENT_TYPE,
 )
+from winstar_core.services.digest import DIGEST_ACTION
 from winstar_core.services.edge_config import EdgeCloudConfig
 from winstar_core.services.edge_sync import EdgeSync
 from winstar_core.services.entities import scope_of
@@ -71,6 +72,9 @@ class EdgeDownlinks(EdgeCloudConfig, EdgeSync):
             return
         if event.type == EDGE_EVENT_TYPE:
             self.apply_config(parse_body(pb.EdgeConfig, event.body))
+            return
+        if event.type == SYNC_EVENT_TYPE and event.action == DIGEST_ACTION:
+            self.apply_sync_digest(parse_body(pb.SyncDigest, event.body))
             return
         if event.type == SYNC_EVENT_TYPE:
             self.apply_sync_end(parse_body(pb.SyncEnd, event.body), event.seq)
@@ -128,14 +132,17 @@ class EdgeDownlinks(EdgeCloudConfig, EdgeSync):
         batch = self.batch
         row = self._new.get(entity_id)
         if row is not None and row["name"] == state.name:  # added earlier in this batch, not yet written
-            if row["version"] <= state.version or row["origin_edge_id"] == self.edge_id:
+            if row["version"] <= state.version or row["origin_edge_id"] == self.edge_id or state.replace:
                 row.update(fields)
             return
         if row is not None:  # renamed within the batch: take the general path on the written row
             self.write_new()
         known_absent = batch is not None and entity_id in batch.absent
         entity = None if known_absent else self.session.get(Entity, entity_id)
-        if entity is not None and entity.version > state.version and entity.origin_edge_id != self.edge_id:
+        older = (
+            entity is not None and entity.version > state.version and entity.origin_edge_id != self.edge_id
+        )
+        if older and not state.replace:  # (replace: a Sync Edge repairs a version the cloud never had)
             return  # an older state than the one we hold: the newer one was applied already
         clash = None
         name_changes = entity is None or entity.name != state.name

@@ -11,7 +11,9 @@ import sqlalchemy as sa
 
 from winstar_core.entity_types import shown
 from winstar_core.errors import WinstarError
+from winstar_core.services import digest
 from winstar_core.services.config import set_config
+from winstar_core.services.constants import SYNC_EVENT_TYPE
 from winstar_core.services.edge_base import EdgeBase
 from winstar_core.services.ids import chunks
 from winstar_core.services.peer import peer_uuid
@@ -25,7 +27,7 @@ from winstar_core.store.models import (
     StreamFailure,
     now_ms,
 )
-from winstar_core.store.outbox import DOWNLINK_MARK_STREAM, MAX_SEQ
+from winstar_core.store.outbox import DOWNLINK_MARK_STREAM, MAX_SEQ, OutboxEvent
 from winstar_core.transport.pb import sync_pb2 as pb
 
 #: how many missing parts of a sync list a refusal names
@@ -127,20 +129,16 @@ class EdgeSync(EdgeBase):
                 )
             ids = [uuid.UUID(i) for n in range(end.parts - 1) for i in rows[f"{prefix}{n}"]] + ids
         keep = set(ids)
-        # what this edge sent up that the list cannot name: still pending, or applied by the cloud
-        # after it wrote the sync (the ack may have come back before the sync did)
-        unacked = set(
-            self.session.scalars(
-                sa.select(CloudEvent.entity_id).where(
-                    sa.or_(
-                        CloudEvent.status.in_((PENDING, HELD)),
-                        CloudEvent.seq > min(end.uplink_mark, MAX_SEQ),
-                    ),
-                    CloudEvent.entity_id.is_not(None),
+        unacked = self._sent_since(end.uplink_mark)
+        held: Iterable[uuid.UUID] = self.session.scalars(sa.select(Entity.id))
+        if end.scoped:  # a digest sync's answer: only the buckets it names
+            if end.bucket_bits > digest.MAX_BUCKET_BITS:
+                raise WinstarError(
+                    f"the sync's buckets of {end.bucket_bits} bits are past {digest.MAX_BUCKET_BITS}"
                 )
-            )
-        )
-        stale = [i for i in self.session.scalars(sa.select(Entity.id)) if i not in keep and i not in unacked]
+            scope = set(end.buckets)
+            held = (i for i in held if digest.bucket_of(i, end.bucket_bits) in scope)
+        stale = [i for i in held if i not in keep and i not in unacked]
         for chunk in chunks(stale):
             self.session.execute(
                 sa.delete(EntityMember).where(
@@ -148,8 +146,42 @@ class EdgeSync(EdgeBase):
                 )
             )
             self.session.execute(sa.delete(Entity).where(Entity.id.in_(chunk)))
-        set_config(self.session, "last_sync", now_ms())
-        set_config(self.session, "last_sync_failed", self._sync_failures(end, seq))
+        if end.final or not end.scoped:
+            set_config(self.session, "last_sync", now_ms())
+            set_config(self.session, "last_sync_failed", self._sync_failures(end, seq))
+
+    def _sent_since(self, uplink_mark: int) -> set[uuid.UUID]:
+        """What this edge sent up that a sync cannot name: still pending, or applied by the cloud
+        after it wrote the sync (the ack may have come back before the sync did)."""
+        return set(
+            self.session.scalars(
+                sa.select(CloudEvent.entity_id).where(
+                    sa.or_(
+                        CloudEvent.status.in_((PENDING, HELD)),
+                        CloudEvent.seq > min(uplink_mark, MAX_SEQ),
+                    ),
+                    CloudEvent.entity_id.is_not(None),
+                )
+            )
+        )
+
+    def apply_sync_digest(self, sent: pb.SyncDigest) -> None:
+        """Start of a digest sync: compare the cloud's digest with the same one over what this edge
+        holds (its own entities the cloud has not received left out: they are kept whatever the
+        cloud says), and answer with a ``_sync`` DIFF uplink listing the pairs of each bucket that
+        differs (one empty part when none does)."""
+        digest.check_digest(sent)
+        tenant_id = self._require_configured()[1]
+        unacked = self._sent_since(sent.uplink_mark)
+        pairs = [
+            (i, v) for i, v in self.session.execute(sa.select(Entity.id, Entity.version)) if i not in unacked
+        ]
+        members = self.session.execute(sa.select(EntityMember.container_id, EntityMember.member_id))
+        cut = digest.buckets(digest.tags(pairs, [(c, m) for c, m in members]), sent.bucket_bits)
+        counts, hashes = digest.summary(cut)
+        for part in digest.diff_parts(sent, cut, counts, hashes):
+            body = part.SerializeToString()
+            self.outbox.uplink(OutboxEvent(tenant_id, SYNC_EVENT_TYPE, digest.DIFF_ACTION, None, body))
 
     def _sync_failures(self, end: pb.SyncEnd, seq: int) -> int | None:
         """How many events of the sync ending at ``seq`` this edge refused (None: the cloud did

@@ -802,6 +802,10 @@ class CloudServer:
         ids = []
         for part in payload.split(","):
             with suppress(ValueError):
+                if part.startswith("sync:"):  # a Sync Edge asked (cloud_edges.request_sync): run it now
+                    if (syncing := self.sessions.get(uuid.UUID(part[5:]))) is not None:
+                        self._spawn(syncing.check_sync())
+                    continue
                 ids.append(uuid.UUID(part))
         self.wake(ids)
 

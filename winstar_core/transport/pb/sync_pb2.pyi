@@ -31,7 +31,7 @@ class Hello(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., entity_types: _Optional[_Iterable[_Union[EntityTypeInfo, _Mapping]]] = ..., max_message_bytes: _Optional[int] = ..., applied_downlink_seq: _Optional[int] = ..., instance_id: _Optional[str] = ...) -> None: ...
 
 class EntityState(_message.Message):
-    __slots__ = ("id", "type", "name", "tenant_id", "customer_id", "version", "schema_version", "payload", "origin_edge_id")
+    __slots__ = ("id", "type", "name", "tenant_id", "customer_id", "version", "schema_version", "payload", "origin_edge_id", "replace")
     ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class EntityState(_message.Message):
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_EDGE_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
     id: str
     type: str
     name: str
@@ -50,7 +51,8 @@ class EntityState(_message.Message):
     schema_version: int
     payload: bytes
     origin_edge_id: str
-    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., name: _Optional[str] = ..., tenant_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., version: _Optional[int] = ..., schema_version: _Optional[int] = ..., payload: _Optional[bytes] = ..., origin_edge_id: _Optional[str] = ...) -> None: ...
+    replace: bool
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., name: _Optional[str] = ..., tenant_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., version: _Optional[int] = ..., schema_version: _Optional[int] = ..., payload: _Optional[bytes] = ..., origin_edge_id: _Optional[str] = ..., replace: _Optional[bool] = ...) -> None: ...
 
 class Membership(_message.Message):
     __slots__ = ("container_id", "member_id")
@@ -77,20 +79,78 @@ class UserInfo(_message.Message):
     def __init__(self, id: _Optional[str] = ..., email: _Optional[str] = ..., authority: _Optional[str] = ..., customer_id: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ..., tenant_id: _Optional[str] = ...) -> None: ...
 
 class SyncEnd(_message.Message):
-    __slots__ = ("entity_ids", "sync_id", "part", "parts", "uplink_mark", "events")
+    __slots__ = ("entity_ids", "sync_id", "part", "parts", "uplink_mark", "events", "scoped", "bucket_bits", "buckets", "digest_id", "answers", "covered_to", "final", "counted", "added", "updated", "removed", "unchanged", "received_bytes")
     ENTITY_IDS_FIELD_NUMBER: _ClassVar[int]
     SYNC_ID_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
     UPLINK_MARK_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    SCOPED_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_BITS_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    COVERED_TO_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    COUNTED_FIELD_NUMBER: _ClassVar[int]
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
     entity_ids: _containers.RepeatedScalarFieldContainer[str]
     sync_id: str
     part: int
     parts: int
     uplink_mark: int
     events: int
-    def __init__(self, entity_ids: _Optional[_Iterable[str]] = ..., sync_id: _Optional[str] = ..., part: _Optional[int] = ..., parts: _Optional[int] = ..., uplink_mark: _Optional[int] = ..., events: _Optional[int] = ...) -> None: ...
+    scoped: bool
+    bucket_bits: int
+    buckets: _containers.RepeatedScalarFieldContainer[int]
+    digest_id: str
+    answers: int
+    covered_to: int
+    final: bool
+    counted: bool
+    added: int
+    updated: int
+    removed: int
+    unchanged: int
+    received_bytes: int
+    def __init__(self, entity_ids: _Optional[_Iterable[str]] = ..., sync_id: _Optional[str] = ..., part: _Optional[int] = ..., parts: _Optional[int] = ..., uplink_mark: _Optional[int] = ..., events: _Optional[int] = ..., scoped: _Optional[bool] = ..., bucket_bits: _Optional[int] = ..., buckets: _Optional[_Iterable[int]] = ..., digest_id: _Optional[str] = ..., answers: _Optional[int] = ..., covered_to: _Optional[int] = ..., final: _Optional[bool] = ..., counted: _Optional[bool] = ..., added: _Optional[int] = ..., updated: _Optional[int] = ..., removed: _Optional[int] = ..., unchanged: _Optional[int] = ..., received_bytes: _Optional[int] = ...) -> None: ...
+
+class SyncDigest(_message.Message):
+    __slots__ = ("sync_id", "bucket_bits", "counts", "hashes", "uplink_mark", "events")
+    SYNC_ID_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_BITS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    UPLINK_MARK_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    sync_id: str
+    bucket_bits: int
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    hashes: bytes
+    uplink_mark: int
+    events: int
+    def __init__(self, sync_id: _Optional[str] = ..., bucket_bits: _Optional[int] = ..., counts: _Optional[_Iterable[int]] = ..., hashes: _Optional[bytes] = ..., uplink_mark: _Optional[int] = ..., events: _Optional[int] = ...) -> None: ...
+
+class SyncDiff(_message.Message):
+    __slots__ = ("sync_id", "part", "parts", "buckets", "ids", "tags")
+    SYNC_ID_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    sync_id: str
+    part: int
+    parts: int
+    buckets: _containers.RepeatedScalarFieldContainer[int]
+    ids: bytes
+    tags: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, sync_id: _Optional[str] = ..., part: _Optional[int] = ..., parts: _Optional[int] = ..., buckets: _Optional[_Iterable[int]] = ..., ids: _Optional[bytes] = ..., tags: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class EdgeConfig(_message.Message):
     __slots__ = ("edge_id", "name", "tenant_id", "tenant_name", "customer_id", "edition")

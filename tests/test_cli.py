@@ -74,7 +74,8 @@ def test_cloud_commands_and_shapes(run, db_url):
     ents = j(db_url, "edge", "entities", "e1")
     assert ents == [{"id": dash["id"], "type": "dashboard", "name": "Main2", "version": 2}]
     downs = j(db_url, "edge", "downlinks", "e1")
-    assert [d["action"] for d in downs] == ["UPDATED", "ADDED"]  # newest first
+    # newest first; the update superseded the unsent ADDED and travels as the entity's ADDED
+    assert [(d["action"], d["status"]) for d in downs] == [("ADDED", "pending"), ("ADDED", "superseded")]
     assert set(downs[0]) == {
         "seq",
         "created_time",
@@ -85,12 +86,13 @@ def test_cloud_commands_and_shapes(run, db_url):
         "delivered_time",
         "error",
     }
-    assert {d["status"] for d in downs} == {"pending"}
     assert j(db_url, "edge", "downlinks", "e1", "--status", "delivered") == []
+    superseded = j(db_url, "edge", "downlinks", "e1", "--status", "superseded")
+    assert [d["error"] for d in superseded] == [f"superseded by seq {downs[0]['seq']}"]
     assert j(db_url, "edge", "sync", "e1")["requested"] is True
     status = j(db_url, "status")
     assert status["role"] == "cloud" and status["edition"] == "ce"
-    assert status["edges"][0]["pending"] == 2 and status["edges"][0]["connected"] is False
+    assert status["edges"][0]["pending"] == 1 and status["edges"][0]["connected"] is False
     # groups, from the groups plugin
     j(db_url, "entity", "create", "device", "d1")
     grp = j(db_url, "entity", "create", "entity_group", "G", "--data", '{"entity_type": "device"}')
@@ -284,7 +286,11 @@ def test_edge_commands(run, platform, tmp_path, sqlite_url):
     no_dash = run(edge_db, "entity", "create", "dashboard", "D", "--user", "a@acme.io", ok=False)
     assert "cannot be created on an edge" in no_dash.stderr
     assert j(edge_db, "entity", "update", "device", "d1", "--data", '{"label": "L"}')["version"] == 2
-    assert [u["action"] for u in j(edge_db, "uplinks")] == ["UPDATED", "ADDED"]
+    # the update superseded the unsent ADDED: it goes up as the device's ADDED, with its data
+    assert [(u["action"], u["status"]) for u in j(edge_db, "uplinks")] == [
+        ("ADDED", "pending"),
+        ("ADDED", "superseded"),
+    ]
 
 
 def test_the_services_refuse_what_the_database_could_not_store(cloud_node):

@@ -145,12 +145,17 @@ def test_a_node_killed_mid_drain_hands_its_edge_to_another_nothing_lost(fleet):
 
     def drained() -> bool:
         with fleet.cloud.db.read() as conn:
+            # done: delivered, or superseded by a later event of the same entity (compaction)
             down = conn.scalar(
-                sa.select(sa.func.count()).select_from(EdgeEvent).where(EdgeEvent.status != "DELIVERED")
+                sa.select(sa.func.count())
+                .select_from(EdgeEvent)
+                .where(EdgeEvent.status.not_in(("DELIVERED", "SUPERSEDED")))
             )
         with edge.db.read() as conn:
             up = conn.scalar(
-                sa.select(sa.func.count()).select_from(CloudEvent).where(CloudEvent.status != "DELIVERED")
+                sa.select(sa.func.count())
+                .select_from(CloudEvent)
+                .where(CloudEvent.status.not_in(("DELIVERED", "SUPERSEDED")))
             )
         return down == 0 and up == 0
 

@@ -171,7 +171,16 @@ def drain(link: InProcess | Processes, sender: Node, model: Any, type_name: str)
 
 
 def main() -> None:
-    if sys.argv[1:2] in (["fanout"], ["failover"], ["import"], ["resync"], ["full-sync"]):
+    if sys.argv[1:2] in (
+        ["fanout"],
+        ["failover"],
+        ["import"],
+        ["resync"],
+        ["full-sync"],
+        ["growth"],
+        ["memory"],
+        ["compaction"],
+    ):
         from importlib import import_module
 
         module = {"import": "importing", "full-sync": "resync"}.get(sys.argv[1], sys.argv[1])

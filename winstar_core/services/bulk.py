@@ -195,22 +195,26 @@ class BulkImport:
 
     def _taken(self, good: list[ImportLine]) -> list[str]:
         """A line each for the names that entities of the tenant hold already."""
-        names: dict[str, list[ImportLine]] = {}
+        by_scope: dict[str, dict[str, ImportLine]] = {}  # names are unique per scope in the file
         for line in good:
-            names.setdefault(line.name, []).append(line)
+            by_scope.setdefault(line.scope, {})[line.name] = line
         out = []
-        for chunk in chunks(names):
-            stmt = sa.select(Entity.name, Entity.name_scope).where(
-                Entity.tenant_id == self.tenant.id, Entity.type == self.type_name, Entity.name.in_(chunk)
-            )
-            for name, scope in self.cloud.session.execute(stmt):
-                for line in names[name]:
-                    if line.scope == scope:
-                        within = f" (scope {scope!r})" if scope else ""
-                        out.append(
-                            f"line {line.number}: a {self.type_name} named {shown(name)}{within}"
-                            " already exists in this tenant"
-                        )
+        for scope, names in by_scope.items():
+            for chunk in chunks(names):
+                # every column of the unique index: a look-up per name, not a walk of the type
+                stmt = sa.select(Entity.name).where(
+                    Entity.tenant_id == self.tenant.id,
+                    Entity.type == self.type_name,
+                    Entity.name_scope == scope,
+                    Entity.name.in_(chunk),
+                )
+                for name in self.cloud.session.scalars(stmt):
+                    line = names[name]
+                    within = f" (scope {scope!r})" if scope else ""
+                    out.append(
+                        f"line {line.number}: a {self.type_name} named {shown(name)}{within}"
+                        " already exists in this tenant"
+                    )
         return out
 
     def write(self, lines: Sequence[ImportLine]) -> ImportResult:

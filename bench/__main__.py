@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform as pyplatform
+import shutil
 import signal
 import socket
 import statistics
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,33 @@ def drop_pg_database(server_url: str, name: str) -> None:
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+def run_on_a_new_database(
+    args: argparse.Namespace,
+    name: str,
+    run: Callable[[argparse.Namespace, str, Path], dict[str, Any]],
+    *,
+    sqlite_fallback: bool = False,
+) -> dict[str, Any]:
+    """``run(args, cloud_url, tmp)`` on ``args.cloud_db`` when the scenario takes one, else on a
+    new PostgreSQL database of ``args.pg_server`` (dropped after; without a server: a SQLite file
+    when ``sqlite_fallback``, else the scenario stops with a line saying it needs one), in a new
+    temporary folder (removed after)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"winstar-{name}-"))
+    made = None
+    url = getattr(args, "cloud_db", None)
+    try:
+        if url is None:
+            made = create_pg_database(args.pg_server)
+            if made is None and not sqlite_fallback:
+                raise SystemExit(f"bench {name} needs PostgreSQL (--pg-server)")
+            url = made[0] if made else f"sqlite:///{tmp / 'cloud.db'}"
+        return run(args, url, tmp)
+    finally:
+        if made:
+            drop_pg_database(args.pg_server, made[1])
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def raw_insert_rate(url: str, rows: int) -> float:

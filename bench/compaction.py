@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -38,10 +36,9 @@ import sqlalchemy as sa
 from bench.__main__ import (
     DEFAULT_PG,
     Processes,
-    create_pg_database,
-    drop_pg_database,
     progress,
     raw_insert_rate,
+    run_on_a_new_database,
 )
 from bench.growth import connect_once, drain_edge, edge_count, import_assigned, new_cloud
 from winstar_core.node import Node
@@ -188,15 +185,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--pg-server", default=os.environ.get("WINSTAR_TEST_PG", DEFAULT_PG))
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="winstar-compaction-"))
-    made = create_pg_database(args.pg_server)
-    if made is None:
-        raise SystemExit("bench compaction needs PostgreSQL (--pg-server)")
-    try:
-        result = run(args, made[0], tmp)
-    finally:
-        drop_pg_database(args.pg_server, made[1])
-        shutil.rmtree(tmp, ignore_errors=True)
+    result = run_on_a_new_database(args, "compaction", run)
     if args.json:
         print(json.dumps(result))
     else:

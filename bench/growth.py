@@ -35,8 +35,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -49,10 +47,9 @@ from sqlalchemy.orm import Session
 from bench.__main__ import (
     DEFAULT_PG,
     Processes,
-    create_pg_database,
-    drop_pg_database,
     progress,
     raw_insert_rate,
+    run_on_a_new_database,
 )
 from winstar_core.node import Node
 from winstar_core.plugin.manager import make_plugin_manager
@@ -624,15 +621,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--pg-server", default=os.environ.get("WINSTAR_TEST_PG", DEFAULT_PG))
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="winstar-growth-"))
-    made = create_pg_database(args.pg_server)
-    if made is None:
-        raise SystemExit("bench growth needs PostgreSQL (--pg-server)")
-    try:
-        result = run(args, made[0], tmp)
-    finally:
-        drop_pg_database(args.pg_server, made[1])
-        shutil.rmtree(tmp, ignore_errors=True)
+    result = run_on_a_new_database(args, "growth", run)
     result["load"] = os.getloadavg()[0]
     if args.json:
         print(json.dumps(result))

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,10 +31,9 @@ import sqlalchemy as sa
 from bench.__main__ import (
     DEFAULT_PG,
     InProcess,
-    create_pg_database,
-    drop_pg_database,
     progress,
     raw_insert_rate,
+    run_on_a_new_database,
 )
 from bench.importing import write_lines
 from winstar_core.node import Node
@@ -132,18 +129,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--pg-server", default=os.environ.get("WINSTAR_TEST_PG", DEFAULT_PG))
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="winstar-resync-"))
-    made_pg = None
-    cloud_url = args.cloud_db
-    try:
-        if cloud_url is None:
-            made_pg = create_pg_database(args.pg_server)
-            cloud_url = made_pg[0] if made_pg else f"sqlite:///{tmp / 'cloud.db'}"
-        result = run(args, cloud_url, tmp)
-    finally:
-        if made_pg:
-            drop_pg_database(args.pg_server, made_pg[1])
-        shutil.rmtree(tmp, ignore_errors=True)
+    result = run_on_a_new_database(args, "resync", run, sqlite_fallback=True)
     if args.json:
         print(json.dumps(result))
         return

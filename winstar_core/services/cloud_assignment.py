@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from typing import cast
 
 import sqlalchemy as sa
 
@@ -17,6 +18,7 @@ from winstar_core.services.entities import entity_state
 from winstar_core.services.ids import chunks
 from winstar_core.store.models import Assignment, Edge, Entity, EntityMember, now_ms
 from winstar_core.store.outbox import OutboxEvent
+from winstar_core.store.rows import buffer_of
 from winstar_core.transport.pb import sync_pb2 as pb
 
 
@@ -27,9 +29,25 @@ class CloudAssignment(CloudBase):
     ``_no_echo`` (no ``ADDED`` back to the edge that created the entity)."""
 
     def _direct_edges(self, entity_id: uuid.UUID) -> set[uuid.UUID]:
-        return set(
-            self.session.scalars(sa.select(Assignment.edge_id).where(Assignment.entity_id == entity_id))
-        )
+        known = self._direct.get(entity_id)
+        if known is None:
+            known = self._direct[entity_id] = set(
+                self.session.scalars(sa.select(Assignment.edge_id).where(Assignment.entity_id == entity_id))
+            )
+        return set(known)
+
+    def _add_link(
+        self, model: type[Assignment] | type[EntityMember], *parents: Entity, **row: object
+    ) -> None:
+        """Write an assignment or membership row: queued with the batch's other rows when the
+        transaction writes set-based (:attr:`_queue_rows`), else added to the session. A parent
+        the ORM has not written yet is written first (the queued rows go before the ORM's)."""
+        if not self._queue_rows:
+            self.session.add(model(**row))
+            return
+        if any(sa.inspect(p).pending for p in parents):
+            self.session.flush()
+        buffer_of(self.session).add(cast(sa.Table, model.__table__), row)
 
     def effective_edges(self, entity_id: uuid.UUID) -> set[uuid.UUID]:
         """The edges ``entity_id`` is assigned to, directly or through a container (from the
@@ -63,8 +81,9 @@ class CloudAssignment(CloudBase):
 
     def _assignment_changes(self, entity_ids: Iterable[uuid.UUID]) -> None:
         """The edges of ``entity_ids`` are about to change: forget what the batch knew of them."""
-        if self.batch is not None:
-            for i in entity_ids:
+        for i in entity_ids:
+            self._direct.pop(i, None)
+            if self.batch is not None:
                 self.batch.edges_of.pop(i, None)
 
     def _effective_ids_stmt(self, edge_id: uuid.UUID) -> sa.CompoundSelect:
@@ -144,13 +163,13 @@ class CloudAssignment(CloudBase):
             candidates = [entity.id]
             before: set[uuid.UUID] = set()
         else:
-            if self.session.get(Assignment, (edge.id, entity.id)) is not None:
+            if edge.id in self._direct_edges(entity.id):  # read once per transaction
                 return False
             members = self.entities.members(entity) if etype.container else []
             candidates = [entity.id, *(m.id for m in members)]
             before = self._effective_subset(edge.id, candidates)
         self._assignment_changes(candidates)
-        self.session.add(Assignment(edge_id=edge.id, entity_id=entity.id, created_time=now_ms()))
+        self._add_link(Assignment, entity, edge_id=edge.id, entity_id=entity.id, created_time=now_ms())
         self._emit_added(edge.id, [i for i in candidates if i not in before])
         for m in members:
             self.outbox.downlink(
@@ -202,7 +221,14 @@ class CloudAssignment(CloudBase):
         # a member inserted by this transaction is on no edge yet
         before = {e: set() if fresh else self._effective_subset(e, [member.id]) for e in edges}
         self._assignment_changes([member.id])
-        self.session.add(EntityMember(container_id=container.id, member_id=member.id, created_time=now_ms()))
+        self._add_link(
+            EntityMember,
+            container,
+            member,
+            container_id=container.id,
+            member_id=member.id,
+            created_time=now_ms(),
+        )
         body = self._membership_body(container, member)
         for edge_id in edges:
             if not before[edge_id]:

@@ -47,6 +47,13 @@ class CloudBase:
         #: in the same batch, whatever an assignment rule made of them
         self._created_by_edge: set[uuid.UUID] = set()
         self.batch: BatchCache | None = None
+        #: whether new entities, assignments and memberships are queued and written set-based
+        #: (store/rows.py): in a batch of uplinks' optimistic pass, where any refusal rolls the
+        #: whole attempt back (the pass that applies each event in a savepoint writes directly)
+        self._queue_rows = False
+        #: the edges each entity is directly assigned to, as read in this transaction (dropped
+        #: with ``batch.edges_of`` on every change of its assignments)
+        self._direct: dict[uuid.UUID, set[uuid.UUID]] = {}
         #: rows held for this transaction by id (the identity map keeps only weak references)
         self.pinned: dict[uuid.UUID, Any] = {}
 

@@ -41,6 +41,7 @@ class CloudUplinks(CloudEntities, CloudDigest):
         own = [i for i, e in batch.loaded.items() if e.origin_edge_id == edge.id]
         batch.edges_of = self._effective_edges_of(own)
         self.batch = batch
+        self._queue_rows = True
 
     def free_name_for(
         self, edge: Edge, type_name: str, name: str, entity_id: uuid.UUID, scope: str = ""
@@ -141,6 +142,7 @@ class CloudUplinks(CloudEntities, CloudDigest):
             origin_edge_id=edge.id,
             validated=True,
             checked=True,  # the id is new (looked up above) and free_name_for found the name free
+            queued=self._queue_rows,
         )
         self._fresh.add(entity.id)
         self._created_by_edge.add(entity.id)

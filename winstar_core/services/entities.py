@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -16,6 +16,7 @@ from winstar_core.services.constants import ADDED, MAX_SCOPE, UPDATED
 from winstar_core.services.ids import chunks, parse_uuid
 from winstar_core.services.names import clean_name
 from winstar_core.store.models import Assignment, Entity, EntityMember, Tenant, now_ms
+from winstar_core.store.rows import buffer_of
 from winstar_core.transport.pb import sync_pb2 as pb
 
 
@@ -48,12 +49,49 @@ def scope_of(etype: type[EntityType], data: Mapping[str, Any]) -> str:
     return scope
 
 
+#: the entity table, for rows written set-based
+ENTITY = cast(sa.Table, Entity.__table__)
+
+
 class EntityStore:
     """Entity look-ups and plain writes, shared by both roles (no outbox here)."""
 
     def __init__(self, session: Session, types: EntityTypeRegister) -> None:
         self.session = session
         self.types = types
+        #: :meth:`named`'s answers, by (tenant, type, scope, name): the row (held) or None; an
+        #: insert or rename through this store forgets the name it takes
+        self._named: dict[tuple[uuid.UUID, str, str, str], Entity | None] = {}
+
+    def named(self, tenant_id: uuid.UUID, type_name: str, name: str, scope: str = "") -> Entity | None:
+        """The entity of ``tenant_id`` of ``type_name`` named ``name`` in ``scope``, None if none.
+        Asked again in the same transaction, answered without a statement (a rule asks for the
+        same group for every entity of a batch): the rows this store writes keep it true, and a
+        row found before is checked to still hold that name."""
+        key = (tenant_id, type_name, scope, name)
+        if key in self._named:
+            row = self._named[key]
+            if row is None:
+                return None
+            state = sa.inspect(row)
+            if not (state.deleted or state.was_deleted or state.detached) and (
+                row.name,
+                row.name_scope,
+            ) == (name, scope):
+                return row
+        row = self.session.scalars(
+            sa.select(Entity).where(
+                Entity.tenant_id == tenant_id,
+                Entity.type == type_name,
+                Entity.name_scope == scope,
+                Entity.name == name,
+            )
+        ).first()
+        self._named[key] = row
+        return row
+
+    def _name_taken(self, tenant_id: uuid.UUID, type_name: str, scope: str, name: str) -> None:
+        self._named.pop((tenant_id, type_name, scope, name), None)
 
     def find_tenant(self, ref: str | uuid.UUID) -> Tenant:
         """The tenant with id or name ``ref``; :class:`NotFound` if none."""
@@ -145,9 +183,13 @@ class EntityStore:
         origin_edge_id: uuid.UUID | None = None,
         validated: bool = False,
         checked: bool = False,
+        queued: bool = False,
     ) -> Entity:
         """Insert a new entity. ``validated``: ``data`` went through the type's schema already;
-        ``checked``: the caller made sure the name and the id are free."""
+        ``checked``: the caller made sure the name and the id are free. ``queued`` (with
+        ``checked``): the row joins the session's :class:`~winstar_core.store.rows.RowBuffer`, written
+        with the others in one statement before the session's next statement; the entity
+        returned is then a transient copy of it, to read (look it up to change it)."""
         etype = self.types.get(type_name)
         if validated:
             name, clean = clean_name(name, "an entity"), dict(data or {})
@@ -159,19 +201,24 @@ class EntityStore:
             if entity_id is not None and self.session.get(Entity, entity_id) is not None:
                 raise Conflict(f"an entity with id {entity_id} already exists")
         now = now_ms()
-        entity = Entity(
-            id=entity_id or uuid.uuid4(),
-            tenant_id=tenant_id,
-            customer_id=customer_id,
-            type=type_name,
-            name=name,
-            name_scope=scope,
-            data=clean,
-            version=1,
-            origin_edge_id=origin_edge_id,
-            created_time=now,
-            updated_time=now,
-        )
+        row = {
+            "id": entity_id or uuid.uuid4(),
+            "tenant_id": tenant_id,
+            "customer_id": customer_id,
+            "type": type_name,
+            "name": name,
+            "name_scope": scope,
+            "data": clean,
+            "version": 1,
+            "origin_edge_id": origin_edge_id,
+            "created_time": now,
+            "updated_time": now,
+        }
+        self._name_taken(tenant_id, type_name, scope, name)
+        entity = Entity(**row)
+        if queued and checked:
+            buffer_of(self.session).add(ENTITY, row)
+            return entity
         self.session.add(entity)
         if not checked:  # surface a constraint's refusal here; a checked insert joins the next flush
             self.session.flush()
@@ -198,6 +245,7 @@ class EntityStore:
         changed = new_name != entity.name or new_data is not entity.data
         if new_name != entity.name or scope != entity.name_scope:
             self.check_name_free(entity.tenant_id, entity.type, new_name, scope, but=entity.id)
+            self._name_taken(entity.tenant_id, entity.type, scope, new_name)
         if changed or scope != entity.name_scope:
             entity.name, entity.data, entity.name_scope = new_name, new_data, scope
         if changed:

@@ -11,8 +11,6 @@ import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-
 from winstar_core.errors import NotFound
 from winstar_core.plugin.api import EdgeCreation, EdgeInfo, EntityInfo
 from winstar_core.store.models import Edge, Entity
@@ -67,14 +65,7 @@ class Creation(EdgeCreation):
     def find_entity(self, type_name: str, name: str, scope: str = "") -> EntityInfo | None:
         """The entity of the edge's tenant of ``type_name`` named ``name`` in ``scope``, None if none."""
         self._cloud.types.get(type_name)  # an unknown type: a clear error
-        row = self._cloud.session.scalars(
-            sa.select(Entity).where(
-                Entity.tenant_id == self._edge.tenant_id,
-                Entity.type == type_name,
-                Entity.name_scope == scope,
-                Entity.name == name,
-            )
-        ).first()
+        row = self._cloud.entities.named(self._edge.tenant_id, type_name, name, scope)
         return self._info(row) if row is not None else None
 
     def create_entity(self, type_name: str, name: str, data: Mapping[str, Any] | None = None) -> EntityInfo:

@@ -52,6 +52,7 @@ from winstar_core.store.outbox import (
     move_past,
     uplink_mark_stream,
 )
+from winstar_core.store.rows import write_queued
 from winstar_core.transport.batched import DownlinkAccess
 from winstar_core.transport.common import SERVER_OPTIONS, listen
 from winstar_core.transport.fair import FairExecutor
@@ -154,6 +155,11 @@ def check_hello(hello: pb.Hello) -> None:
         raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "the Hello names no valid instance id (a UUID)")
 
 
+def _write_queued_rows(cloud: CloudService) -> None:
+    """The end of a batch's optimistic pass: the rows it queued, one statement per table."""
+    write_queued(cloud.session)
+
+
 def uplink_receiver(node: Node, edge_id: uuid.UUID, instance_id: str | None = None) -> Receiver:
     """How the cloud applies one edge's stream (that edge database's: ``instance_id``; None for
     the mark an edge had before instances): batch look-ups first, the edge's row read once."""
@@ -171,6 +177,7 @@ def uplink_receiver(node: Node, edge_id: uuid.UUID, instance_id: str | None = No
         lambda s: CloudService(s, node.platform),
         lambda cloud, event: cloud.apply_uplink(edge_of(cloud), event),
         prepare=lambda cloud, events: cloud.prefetch(edge_of(cloud), events),
+        finish=_write_queued_rows,
     )
 
 

@@ -92,8 +92,13 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[sa.Connection]:
-        """A connection for reading only: on SQLite it does not take the write lock."""
+        """A connection for reading only: on SQLite it does not take the write lock; on PostgreSQL
+        it runs without a transaction (each statement is its own, as it sees its own snapshot
+        in READ COMMITTED anyway), which spares the BEGIN and ROLLBACK round trips a read paid:
+        a sender's fetch is on the path of every change to its edge."""
         with self.engine.connect() as conn:
+            if self.is_postgres:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
             conn.execution_options(winstar_read_only=True)
             yield conn
 

@@ -7,7 +7,8 @@ on PostgreSQL one statement reads the next events of every stream in the set (a 
 per stream along ``ix_edge_event_pending``) and one reads their counters; one statement marks every
 acknowledged event of the set. On SQLite (a one-node cloud) the same transaction runs each stream's
 own statements. What a sender gets is exactly what :meth:`OutboxStream.fetch` and
-:meth:`OutboxStream.acknowledge` would have given it: the same rows, the counter read after them.
+:meth:`OutboxStream.acknowledge` would have given it: the same rows, and the stream's counter
+read in the same statement (0 when nothing is found: there is nothing to send).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from winstar_core.store.db import Database
-from winstar_core.store.models import DELIVERED, PENDING, EdgeEvent, StreamCounter, now_ms
+from winstar_core.store.models import DELIVERED, PENDING, EdgeEvent, now_ms
 from winstar_core.transport.gather import Gatherer
 from winstar_core.transport.link import OutboxStream, event_batch
 from winstar_core.transport.pb import sync_pb2 as pb
@@ -40,11 +41,12 @@ MAX_GATHERED_BYTES = 32 * 1024 * 1024
 
 _FETCH_PG = sa.text(
     """
-    SELECT r.i, e.seq, e.type, e.action, e.entity_id, e.body, e.created_time
+    SELECT r.i, e.seq, e.type, e.action, e.entity_id, e.body, e.created_time,
+           (SELECT c.last_seq FROM stream_counter AS c WHERE c.stream = r.counter)
     FROM unnest(
         CAST(:edges AS uuid[]), CAST(:afters AS bigint[]), CAST(:limits AS integer[]),
-        CAST(:max_bytes AS bigint[])
-    ) WITH ORDINALITY AS r(edge_id, after, lim, max_bytes, i)
+        CAST(:max_bytes AS bigint[]), CAST(:counters AS text[])
+    ) WITH ORDINALITY AS r(edge_id, after, lim, max_bytes, counter, i)
     CROSS JOIN LATERAL (
         SELECT w.* FROM (
             SELECT p.*,
@@ -77,10 +79,10 @@ def fetch_many(db: Database, requests: Sequence[FetchRequest]) -> list[FetchResu
     if not db.is_postgres:
         return [stream.fetch(after, limit, max_bytes) for stream, after, limit, max_bytes in requests]
     rows: list[list[Any]] = [[] for _ in requests]
+    lasts = [0] * len(requests)
     share = max(MAX_GATHERED_BYTES // len(requests), 64 * 1024)
     max_bytes = [min(m, share) for *_, m in requests]
-    streams = sorted({stream.counter for stream, *_ in requests})
-    with db.read() as conn:
+    with db.read() as conn:  # one statement: the counters ride along, in the events' snapshot
         result = conn.execute(
             _FETCH_PG,
             {
@@ -88,21 +90,16 @@ def fetch_many(db: Database, requests: Sequence[FetchRequest]) -> list[FetchResu
                 "afters": [after for _, after, _, _ in requests],
                 "limits": [limit for _, _, limit, _ in requests],
                 "max_bytes": max_bytes,
+                "counters": [stream.counter for stream, *_ in requests],
             },
         )
         for i, *row in result:
             rows[i - 1].append(row[:6])
-        counters = dict(
-            conn.execute(
-                sa.select(StreamCounter.stream, StreamCounter.last_seq).where(
-                    StreamCounter.stream.in_(streams)
-                )
-            ).all()
-        )
+            lasts[i - 1] = int(row[6] or 0)
     out: list[FetchResult] = []
-    for (stream, *_), most, found in zip(requests, max_bytes, rows, strict=True):
+    for most, found, last in zip(max_bytes, rows, lasts, strict=True):
         events = event_batch(found, most)
-        out.append((events, max(int(counters.get(stream.counter) or 0), events[-1].seq if events else 0)))
+        out.append((events, max(last, events[-1].seq if events else 0)))
     return out
 
 

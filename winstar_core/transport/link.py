@@ -192,18 +192,23 @@ class OutboxStream:
     def fetch(
         self, after: int, limit: int, max_bytes: int = MAX_MESSAGE_BYTES // 2
     ) -> tuple[list[pb.Event], int]:
-        """The next PENDING events after seq ``after``, and the stream's last seq: read after the
-        events, so it is at least as high as every one of them (the peer checks that)."""
+        """The next PENDING events after seq ``after``, and the stream's last seq, read in the
+        same statement, so it is at least as high as every one of them (the peer checks that);
+        0 when no event is found (nothing to send, nothing to announce)."""
         m = self.model
+        counter = sa.select(StreamCounter.last_seq).where(StreamCounter.stream == self.counter)
+        # the counter rides along each row: one statement, one snapshot, in which it is at least
+        # the seq of every event it shows (a seq is taken in its event's own transaction)
         stmt = (
-            sa.select(m.seq, m.type, m.action, m.entity_id, m.body, m.created_time)
+            sa.select(m.seq, m.type, m.action, m.entity_id, m.body, m.created_time, counter.scalar_subquery())
             .where(*self._where(), m.status == PENDING, m.seq > after)
             .order_by(m.seq)
             .limit(limit)
         )
         with self.db.read() as conn:
-            out = event_batch(conn.execute(stmt), max_bytes)
-            last = conn.scalar(sa.select(StreamCounter.last_seq).where(StreamCounter.stream == self.counter))
+            rows = conn.execute(stmt).all()
+        out = event_batch((r[:6] for r in rows), max_bytes)
+        last = rows[0][6] if rows else 0  # nothing found: nothing to send, no counter needed
         return out, max(int(last or 0), out[-1].seq if out else 0)
 
     def acknowledge(self, results: Sequence[pb.EventResult]) -> None:

@@ -333,12 +333,13 @@ def main() -> None:
         samples.append((time.perf_counter() - t_commit) * 1000)
     acked: list[float] = []
     for i in range(args.updates, 2 * args.updates):
-        # read before the commit: read after it, a fast ack (or a preempted benchmark) could land
-        # before the reading, and the wait below would never end; costs the commit's own time
-        wall_commit = time.time() * 1000
+        # wait for an ack after the clock read *before* the commit (one read after it could come
+        # later than a fast ack, and the wait would never end); time it from the one after
+        before = time.time() * 1000
         update(i)
-        wait_for(lambda w=wall_commit: last_delivered() >= w - 1, timeout=30, interval=0.01)
-        acked.append(last_delivered() - wall_commit)
+        wall_commit = time.time() * 1000
+        wait_for(lambda w=before: last_delivered() >= w - 1, timeout=30, interval=0.01)
+        acked.append(max(last_delivered() - wall_commit, 0.0))
     for what, values in (
         ("cloud commit -> edge commit, seen by polling the edge database every 0.5 ms", samples),
         ("cloud commit -> the edge's ack recorded by the node, polled every 10 ms", acked),

@@ -19,6 +19,7 @@ inserts rows into each database without Winstar), so the numbers can be read aga
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform as pyplatform
 import shutil
@@ -227,7 +228,13 @@ def main() -> None:
     ap.add_argument(
         "--in-process", action="store_true", help="run cloud and edge inside this process (one GIL)"
     )
+    ap.add_argument("--json", action="store_true", help="print one JSON object (the lines go to stderr)")
     args = ap.parse_args()
+    out = sys.stderr if args.json else sys.stdout
+    result: dict[str, Any] = {"scenario": "drain and latency", "cores": os.cpu_count()}
+
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="winstar-bench-"))
     made_pg = None
@@ -237,15 +244,17 @@ def main() -> None:
         cloud_url = made_pg[0] if made_pg else f"sqlite:///{tmp / 'cloud.db'}"
     edge_url = f"sqlite:///{tmp / 'edge.db'}"
     mode = "one process (--in-process)" if args.in_process else "two `winstar run` processes"
-    print(f"machine: {os.cpu_count()} cores, Python {pyplatform.python_version()}, {pyplatform.machine()}")
-    print(f"cloud: {sa.engine.make_url(cloud_url).get_backend_name()}   edge: sqlite   link: {mode}")
+    say(f"machine: {os.cpu_count()} cores, Python {pyplatform.python_version()}, {pyplatform.machine()}")
+    say(f"cloud: {sa.engine.make_url(cloud_url).get_backend_name()}   edge: sqlite   link: {mode}")
 
     # raw limits, same run
     raw_cloud = raw_insert_rate(cloud_url, 20_000)
     raw_edge = raw_insert_rate(f"sqlite:///{tmp / 'raw.db'}", 20_000)
-    print(
+    say(
         f"raw limit: cloud database inserts {raw_cloud:,.0f} rows/s; edge SQLite inserts {raw_edge:,.0f} rows/s"
     )
+    floor = min(raw_cloud, raw_edge)  # a drain writes (and marks) on both sides
+    result["raw"] = {"cloud_rows_per_s": round(raw_cloud), "edge_rows_per_s": round(raw_edge)}
 
     platform = make_plugin_manager()
     cloud = Node(cloud_url, platform=platform)
@@ -277,10 +286,18 @@ def main() -> None:
     progress("draining cloud -> edge")
     n, down_s, wall_s = drain(link, cloud, EdgeEvent, "asset")
     assert n == count(edge, Entity, type="asset") == args.events
-    print(
+    say(
         f"cloud -> edge: {n:,} events drained in {down_s:.2f}s = {n / down_s:,.0f} events/s"
         f"  ({wall_s:.2f}s from the edge's start; writing them with their entities took {write_s:.2f}s)"
+        f"; {n / down_s / floor:.2f} of the raw floor (target >= 0.5)"
     )
+    result["downlink"] = {
+        "events": n,
+        "seconds": round(down_s, 3),
+        "per_s": round(n / down_s),
+        "ratio_to_raw_floor": round(n / down_s / floor, 3),
+        "wall_s": round(wall_s, 3),
+    }
 
     # 2. edge -> cloud drain of devices created offline
     link.stop_edge()
@@ -291,10 +308,17 @@ def main() -> None:
     progress("draining edge -> cloud")
     n, up_s, wall_s = drain(link, edge, CloudEvent, "device")
     assert n == count(cloud, Entity, type="device") == args.devices
-    print(
+    say(
         f"edge -> cloud: {n:,} devices drained in {up_s:.2f}s = {n / up_s:,.0f} devices/s"
-        f"  ({wall_s:.2f}s from the edge's start)"
+        f"  ({wall_s:.2f}s from the edge's start; target >= 8,000)"
     )
+    result["uplink"] = {
+        "devices": n,
+        "seconds": round(up_s, 3),
+        "per_s": round(n / up_s),
+        "ratio_to_raw_cloud": round(n / up_s / raw_cloud, 3),
+        "wall_s": round(wall_s, 3),
+    }
 
     # 3. latency: one committed change at a time, cloud commit -> edge commit
     wait_for(lambda: count(cloud, EdgeEvent, status="PENDING") == 0, timeout=300)
@@ -340,17 +364,26 @@ def main() -> None:
         wall_commit = time.time() * 1000
         wait_for(lambda w=before: last_delivered() >= w - 1, timeout=30, interval=0.01)
         acked.append(max(last_delivered() - wall_commit, 0.0))
-    for what, values in (
-        ("cloud commit -> edge commit, seen by polling the edge database every 0.5 ms", samples),
-        ("cloud commit -> the edge's ack recorded by the node, polled every 10 ms", acked),
+    for key, what, values in (
+        (
+            "edge_commit",
+            "cloud commit -> edge commit, seen by polling the edge database every 0.5 ms",
+            samples,
+        ),
+        ("ack", "cloud commit -> the edge's ack recorded by the node, polled every 10 ms", acked),
     ):
         values.sort()
         p50 = statistics.median(values)
         p99 = values[min(len(values) - 1, int(len(values) * 0.99))]
-        print(
+        say(
             f"latency {what} ({args.updates} updates): p50 {p50:.1f} ms, p99 {p99:.1f} ms,"
-            f" max {values[-1]:.1f} ms"
+            f" max {values[-1]:.1f} ms (target p50 <= 5, p99 <= 20)"
         )
+        result.setdefault("latency_ms", {})[key] = {
+            "p50": round(p50, 2),
+            "p99": round(p99, 2),
+            "max": round(values[-1], 2),
+        }
 
     link.stop_edge()
     link.close()
@@ -358,6 +391,8 @@ def main() -> None:
     edge.close()
     if made_pg:
         drop_pg_database(args.pg_server, made_pg[1])
+    if args.json:
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -70,6 +70,25 @@ def _unstorable(value: Any) -> str | None:
     return None
 
 
+class _NotFinite(Exception):
+    """A payload holds NaN, an Infinity or a number too large for a float."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999, or 400 digits: inf without any Infinity token
+        raise _NotFinite
+    return value
+
+
+def _no_constant(_text: str) -> float:
+    raise _NotFinite
+
+
+#: JSON as json.loads reads it, but stopping at the first number that is not finite
+_FINITE_JSON = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
+
+
 def _deeper_than_allowed(value: Any) -> bool:
     """Whether objects or arrays nest in ``value`` more than :data:`MAX_DATA_DEPTH` levels (no
     recursion: checked before anything that recurses, such as a marshmallow schema, sees it)."""
@@ -210,7 +229,12 @@ class EntityType:
         characters, lone surrogates, NaN, deep nesting) is refused before any schema runs."""
         cls.check_size(len(payload))
         try:
-            raw = json.loads(payload.decode() or "{}")
+            text = payload.decode() or "{}"
+            try:
+                raw = _FINITE_JSON.decode(text)
+                plain = b"\\u" not in payload
+            except _NotFinite:
+                raw, plain = json.loads(text), False  # the full check below words the refusal
         except UnicodeDecodeError as exc:
             raise InvalidData(f"unreadable {cls.name} payload: not UTF-8 text ({exc.reason})") from None
         except json.JSONDecodeError as exc:
@@ -224,7 +248,10 @@ class EntityType:
             raise InvalidData(f"unreadable {cls.name} payload: {_one_line(str(exc))}") from None
         if not isinstance(raw, dict):
             raise InvalidData(f"unreadable {cls.name} payload: not an object")
-        why = _unstorable(raw)
+        # plain: every number finite and no \\u escape, so no string can hold a NUL or a lone
+        # surrogate (JSON text holds no raw control character, UTF-8 encodes no surrogate): its
+        # depth is all _unstorable could find wrong, and the walk over every value is spared
+        why = (_too_deep() if _deeper_than_allowed(raw) else None) if plain else _unstorable(raw)
         if why:
             raise InvalidData(f"{cls.name} data may not contain {why}")
         return raw

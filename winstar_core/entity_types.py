@@ -103,8 +103,17 @@ def _deeper_than_allowed(value: Any) -> bool:
             continue
         if depth >= MAX_DATA_DEPTH:
             return True
-        stack.extend((v, depth + 1) for v in children if isinstance(v, Mapping | list | tuple))
+        # a scalar is told apart first: isinstance(v, Mapping) asks the ABC machinery, slowly
+        stack.extend(
+            (v, depth + 1)
+            for v in children
+            if not isinstance(v, _SCALARS) and isinstance(v, Mapping | list | tuple)
+        )
     return False
+
+
+#: what JSON's scalars are in Python (bool is an int)
+_SCALARS = (str, int, float, type(None))
 
 
 #: the most an entity's data may weigh, as compact JSON: well inside one message of the link

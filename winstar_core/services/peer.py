@@ -6,6 +6,7 @@ to look up. Used by both receivers: the cloud applying uplinks, the edge applyin
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable
 from typing import Any, TypeVar
@@ -21,6 +22,10 @@ from winstar_core.transport.pb import sync_pb2 as pb
 
 M = TypeVar("M", bound=Message)
 
+#: the ids a peer usually sends ("urn:uuid:" and braces around 36 characters at most) are
+#: cached; a longer text (``uuid.UUID`` takes any number of dashes) is read without the cache
+_UUID_TEXT_MAX = 47
+
 
 def parse_body(kind: type[M], body: bytes) -> M:
     """An event's ``body`` read as the protobuf message ``kind``. A peer's garbage is refused
@@ -34,10 +39,17 @@ def parse_body(kind: type[M], body: bytes) -> M:
         ) from None
 
 
+@functools.lru_cache(maxsize=4096)
+def _read_uuid(raw: str) -> uuid.UUID | None:
+    """A peer's id read once: a batch names its tenant, its edge and each entity (in the event and
+    in its body) again and again, and a UUID object is immutable, so sharing one is safe."""
+    return parse_uuid(raw)
+
+
 def peer_uuid(raw: str, what: str) -> uuid.UUID:
     """``raw``, an id a peer sent, as a UUID; an empty or malformed one is refused, naming
     ``what`` it was ("the membership's container id")."""
-    uid = parse_uuid(raw) if raw else None
+    uid = (_read_uuid(raw) if len(raw) <= _UUID_TEXT_MAX else parse_uuid(raw)) if raw else None
     if uid is None:
         raise WinstarError(f"{what} {shown(raw)} is not a UUID" if raw else f"{what} is empty")
     return uid

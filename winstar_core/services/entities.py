@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.instrumentation import manager_of_class
 
 from winstar_core.entity_types import EntityType, EntityTypeRegister, text_problem
 from winstar_core.errors import Conflict, NotFound, WinstarError
@@ -51,6 +52,7 @@ def scope_of(etype: type[EntityType], data: Mapping[str, Any]) -> str:
 
 #: the entity table, for rows written set-based
 ENTITY = cast(sa.Table, Entity.__table__)
+_ENTITY_CLASS = manager_of_class(Entity)
 
 
 class EntityStore:
@@ -215,10 +217,14 @@ class EntityStore:
             "updated_time": now,
         }
         self._name_taken(tenant_id, type_name, scope, name)
-        entity = Entity(**row)
         if queued and checked:
             buffer_of(self.session).add(ENTITY, row)
-            return entity
+            # a transient copy, to read: built without the ORM's attribute events (16 -> 1 µs),
+            # which only matter to an object the session tracks
+            copy: Entity = _ENTITY_CLASS.new_instance()
+            copy.__dict__.update(row)
+            return copy
+        entity = Entity(**row)
         self.session.add(entity)
         if not checked:  # surface a constraint's refusal here; a checked insert joins the next flush
             self.session.flush()

@@ -244,3 +244,20 @@ def test_queued_rows_are_written_before_any_read_and_dropped_on_rollback(kit: Ki
     with cloud.db.read() as conn:
         stored = {r.name: r.data for r in conn.execute(sa.select(Entity.name, Entity.data))}
     assert stored == {r["name"]: r["data"] for r in rows}  # JSON, quotes and all, stored exactly
+
+
+def test_a_name_the_cloud_holds_is_found_by_the_batch_look_up(kit: Kit, db_url: str):
+    """The batch looks up who holds its names in one statement per type (PostgreSQL: one array,
+    unprepared): a name held in the cloud renames the edge's entity, a name held in another
+    scope or tenant does not."""
+    cloud = kit.cloud("ce", url=db_url)
+    kit.tenant(cloud)
+    kit.tenant(cloud, "Other")
+    kit.create(cloud, "device", "taken", tenant="Acme")
+    kit.create(cloud, "device", "free elsewhere", tenant="Other")
+    edge = kit.edge(cloud, "Plant", tenant="Acme")
+    ev = kit.events(edge)
+    batch = [ev.added("device", n, _device(kit.platform)) for n in ("taken", "free elsewhere", "it's \\ odd")]
+    assert kit.apply_uplinks(cloud, edge, batch).ok
+    names = sorted(s.name for s in kit.edge_entities(cloud, edge))
+    assert names == ["free elsewhere", "it's \\ odd", "taken (Plant)"]

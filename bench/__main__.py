@@ -3,6 +3,7 @@
     python -m bench [--events N] [--devices N] [--updates N] [--cloud-db URL] [--in-process]
     python -m bench fanout [--edges N] ...      (bench/fanout.py: 1,000 edges on two nodes)
     python -m bench failover [--edges N] ...    (bench/failover.py: a node killed during a drain)
+    python -m bench uplink-apply ...            (bench/uplink_apply.py: the cloud's apply alone)
 
 The cloud and the edge run as two `winstar run` processes, as they are deployed (``--in-process``:
 both on one event loop inside the benchmark's process, sharing its interpreter lock). The
@@ -210,10 +211,13 @@ def main() -> None:
         ["growth"],
         ["memory"],
         ["compaction"],
+        ["uplink-apply"],
     ):
         from importlib import import_module
 
-        module = {"import": "importing", "full-sync": "resync"}.get(sys.argv[1], sys.argv[1])
+        module = {"import": "importing", "full-sync": "resync", "uplink-apply": "uplink_apply"}.get(
+            sys.argv[1], sys.argv[1]
+        )
         extra = ["--full"] if sys.argv[1] == "full-sync" else []
         import_module("bench." + module).main(extra + sys.argv[2:])
         return

@@ -4,6 +4,9 @@ that creating and assigning the entities one by one writes."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -12,6 +15,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from procs import wait_until
 
+from winstar_core.services import bulk, bulk_lines
+from winstar_core.services.bulk import ImportRefused, import_entities
+from winstar_core.store import outbox
 from winstar_core.store.models import Assignment, Edge, EdgeEvent, Entity
 from winstar_core.transport.pb import sync_pb2 as pb
 
@@ -103,14 +109,17 @@ def _rows(node, tenant: str) -> dict[str, list]:
         state.id, state.tenant_id = names[ev.entity_id], ""
         out_events.append(
             (edges[ev.edge_id], ev.seq, ev.type, ev.action, names[ev.entity_id], ev.status, state)
+            + (ev.tenant_id == tenant_id, ev.delivered_time, ev.error, ev.retried_as, ev.created_time > 0)
         )
     return {
         "entities": sorted(
             (e.type, e.name, e.name_scope, json.dumps(e.data, sort_keys=True), e.version)
-            + (e.customer_id, e.origin_edge_id, e.created_time == e.updated_time)
+            + (e.customer_id, e.origin_edge_id, e.created_time == e.updated_time, e.created_time > 0)
             for e in entities
         ),
-        "assignments": sorted((edges[a.edge_id], names[a.entity_id]) for a in assignments),
+        "assignments": sorted(
+            (edges[a.edge_id], names[a.entity_id], a.created_time > 0) for a in assignments
+        ),
         "events": sorted(out_events, key=lambda r: (r[0], r[1])),
     }
 
@@ -126,9 +135,13 @@ def _rows(node, tenant: str) -> dict[str, list]:
         ),
     ],
 )
+@pytest.mark.parametrize("chunk_lines", [500, 3])
 def test_an_import_writes_exactly_what_creating_and_assigning_one_by_one_writes(
-    kit, db_url, tmp_path, type_name, lines
+    kit, db_url, tmp_path, monkeypatch, type_name, lines, chunk_lines
 ):
+    """PostgreSQL: the entities, assignments and downlinks COPYd; SQLite: executemany. In one
+    chunk, and in chunks of 3 lines."""
+    monkeypatch.setattr(bulk_lines, "CHUNK_LINES", chunk_lines)
     node = kit.cloud(url=db_url)
     for tenant in ("Bulk", "OneByOne"):
         kit.tenant(node, tenant)
@@ -151,18 +164,166 @@ def test_an_import_writes_exactly_what_creating_and_assigning_one_by_one_writes(
         "Bulk-b",
     )
     assert out == {"created": len(lines), "assigned": 2 * len(lines)}
+    assert_same_as_one_by_one(kit, node, type_name, lines)
+
+
+def assert_same_as_one_by_one(kit, node, type_name: str, lines: list[dict]) -> None:
+    """Tenant Bulk holds what ``lines`` imported and assigned to its edges -a and -b; create and
+    assign them one by one in tenant OneByOne, and compare every row."""
     for line in lines:
         made = kit.create(node, type_name, line["name"], line["data"], tenant="OneByOne")
         kit.assign(node, "OneByOne-a", type_name, made)
         kit.assign(node, "OneByOne-b", type_name, made)
-    bulk, one_by_one = _rows(node, "Bulk"), _rows(node, "OneByOne")
+    imported, one_by_one = _rows(node, "Bulk"), _rows(node, "OneByOne")
     renamed = {
         "entities": one_by_one["entities"],
-        "assignments": [(e.replace("OneByOne", "Bulk"), n) for e, n in one_by_one["assignments"]],
+        "assignments": [(e.replace("OneByOne", "Bulk"), *r) for e, *r in one_by_one["assignments"]],
         "events": [(r[0].replace("OneByOne", "Bulk"), *r[1:]) for r in one_by_one["events"]],
     }
-    assert bulk == renamed
-    assert len(bulk["events"]) == 2 * len(lines)
+    assert imported == renamed
+    assert len(imported["events"]) == 2 * len(lines)
+
+
+#: ``winstar entity import`` in a process of its own (one thread: it may fork its checkers), in
+#: chunks of 3 lines checked by 2 worker processes whatever the cores; says how many checked
+WORKERS_SCRIPT = """
+import sys
+from winstar_core.services import bulk, bulk_lines
+bulk_lines.CHUNK_LINES = 3
+bulk_lines.worker_count = lambda: 2
+run = bulk.BulkImport.run
+def spy(self, *args, **kwargs):
+    try:
+        return run(self, *args, **kwargs)
+    finally:
+        print(f"workers={self.workers}", file=sys.stderr)
+bulk.BulkImport.run = spy
+from winstar_core.cli import main
+main()
+"""
+
+
+def import_in_a_process(node, *args: str, before: str = "") -> subprocess.CompletedProcess[str]:
+    """``winstar entity import ARGS`` by :data:`WORKERS_SCRIPT`, ``before`` run first."""
+    return subprocess.run(
+        [sys.executable, "-c", before + WORKERS_SCRIPT, "entity", "import", *args],
+        env={**os.environ, "WINSTAR_DB": node.url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_lines_checked_by_worker_processes_write_exactly_the_same_rows(kit, db_url, tmp_path):
+    node = kit.cloud(url=db_url)
+    for tenant in ("Bulk", "OneByOne"):
+        kit.tenant(node, tenant)
+        kit.edge(node, f"{tenant}-a", tenant)
+        kit.edge(node, f"{tenant}-b", tenant)
+    lines = [device(f"d{i:02}", i) for i in range(20)]
+    args = ["device", write(tmp_path, jsonl(*lines)), "--tenant", "Bulk"]
+    done = import_in_a_process(node, *args, "--assign", "Bulk-a", "--assign", "Bulk-b", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"created": 20, "assigned": 40}
+    assert "workers=2" in done.stderr
+    assert [d.seq for d in kit.downlinks(node, "Bulk-a")] == list(range(1, 21))
+    assert_same_as_one_by_one(kit, node, "device", lines)
+
+
+def test_worker_processes_name_every_bad_line_and_write_nothing(kit, cloud, tmp_path):
+    lines: list[object] = [device(f"d{i}", i) for i in range(20)]
+    lines[4], lines[13] = "{oops", {"name": "d1", "data": {}}
+    before = snapshot(cloud)
+    done = import_in_a_process(cloud, "device", write(tmp_path, jsonl(*lines)), "--assign", "e1")
+    assert done.returncode == 1 and "workers=2" in done.stderr
+    assert done.stderr.splitlines()[1:3] == [
+        "line 5: not valid JSON: Expecting property name enclosed in double quotes (column 2)",
+        "line 14: name 'd1' is already used on line 2",
+    ]
+    assert snapshot(cloud) == before
+
+
+def test_a_worker_process_that_dies_fails_the_import_and_nothing_is_written(kit, cloud, tmp_path):
+    """Killed (out of memory, say) while checking the third chunk: the import stops with an
+    error instead of waiting for ever for that chunk, and what it wrote is rolled back."""
+    die = (
+        "import os\nfrom winstar_core.services import bulk_lines\nreal = bulk_lines.LineCheck.chunk\n"
+        "bulk_lines.LineCheck.chunk = lambda self, first, raws: os._exit(9) if first == 7 else real(self, first, raws)\n"
+    )
+    before = snapshot(cloud)
+    path = write(tmp_path, jsonl(*(device(f"d{i}", i) for i in range(20))))
+    done = import_in_a_process(cloud, "device", path, "--assign", "e1", before=die)
+    assert done.returncode != 0 and "BrokenProcessPool" in done.stderr
+    assert snapshot(cloud) == before
+
+
+@pytest.mark.parametrize("where", ["entities", "downlinks"])
+def test_a_failure_in_the_middle_of_the_write_writes_nothing(kit, cloud, tmp_path, monkeypatch, where):
+    """Chunks of 5 lines: the entities of the first chunks are written when the failure comes.
+    ``entities``: a name the check missed (a create between the check and the write) breaks the
+    unique index in the fourth chunk's COPY (executemany on SQLite); ``downlinks``: the rows of
+    the events fail half way (after the first edge's, on SQLite)."""
+    monkeypatch.setattr(bulk_lines, "CHUNK_LINES", 5)
+    kit.create(cloud, "device", "d17")
+    lines = [device(f"d{i}", i) for i in range(30) if i != 17 or where == "entities"]
+    if where == "entities":
+        monkeypatch.setattr(bulk.BulkImport, "_taken", lambda self, good: [])
+    else:
+        real_tuples, real_rows = outbox._tuples, outbox._rows
+
+        def tuples(*args):
+            for i, row in enumerate(real_tuples(*args)):
+                if i == 40:
+                    raise RuntimeError("the write breaks")
+                yield row
+
+        calls = []
+
+        def rows(*args):
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("the write breaks")
+            return real_rows(*args)
+
+        monkeypatch.setattr(outbox, "_tuples", tuples)
+        monkeypatch.setattr(outbox, "_rows", rows)
+    before = snapshot(cloud)
+    path = write(tmp_path, jsonl(*lines))
+    with pytest.raises(Exception, match="the write breaks|unique|UNIQUE"):
+        kit.cli(cloud, "entity", "import", "device", path, "--assign", "e1", "--assign", "e2")
+    assert snapshot(cloud) == before
+    monkeypatch.undo()
+    lines = [device(f"d{i}", i) for i in range(30) if i != 17]
+    out = kit.json(cloud, "entity", "import", "device", write(tmp_path, jsonl(*lines), "again.jsonl"))
+    assert out == {"created": 29, "assigned": 0}  # the database and its pool work on
+
+
+def test_a_refusal_after_chunks_were_written_leaves_the_transaction_as_it_was(kit, cloud, monkeypatch):
+    """The bad line comes after three chunks were written: the caller's transaction goes on,
+    and commits none of them."""
+    monkeypatch.setattr(bulk_lines, "CHUNK_LINES", 4)
+    before = snapshot(cloud)
+    lines = jsonl(*(device(f"d{i}", i) for i in range(14)), {"name": "bad", "data": {"label": 1}})
+    with cloud.cloud() as svc:
+        with pytest.raises(ImportRefused) as refusal:
+            import_entities(svc, "device", lines.encode().splitlines(True), assign=["e1"])
+        assert refusal.value.problems == ["line 15: invalid device data: label: Not a valid string."]
+    assert snapshot(cloud) == before
+
+
+def test_one_notify_names_the_edges_of_an_import(kit, pg_url, tmp_path):
+    import psycopg
+
+    node = kit.cloud(url=pg_url)
+    kit.tenant(node, "Acme")
+    ids = sorted(str(kit.edge(node, name).id) for name in ("e1", "e2"))
+    dsn = sa.engine.make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN winstar_downlink")
+        path = write(tmp_path, jsonl(*(device(f"d{i}", i) for i in range(30))))
+        kit.cli(node, "entity", "import", "device", path, "--assign", "e1", "--assign", "e2")
+        heard = [n.payload for n in listener.notifies(timeout=1.0)]
+    assert heard == [",".join(ids)]
 
 
 def test_one_bad_line_among_many_writes_nothing_and_every_bad_line_is_named(kit, cloud, tmp_path):
@@ -401,7 +562,7 @@ def test_a_connected_edge_receives_the_imported_entities(kit, linked, tmp_path):
 def test_lines_a_reader_would_misread_are_refused_by_number(kit, tmp_path):
     """A repeated key (its last value would win silently), a line longer than any entity's data
     (never held whole), and a byte-order mark before the first line (read as nothing)."""
-    from winstar_core.services.bulk import MAX_LINE_BYTES
+    from winstar_core.services.bulk_lines import MAX_LINE_BYTES
 
     cloud = kit.cloud()
     kit.tenant(cloud)

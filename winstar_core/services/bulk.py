@@ -1,64 +1,79 @@
 """Bulk provisioning (``winstar entity import``): entities of one type read from JSON Lines,
-every line checked before anything is written, then the entities, their assignments and their
-``ADDED`` downlinks written set-based, in the caller's transaction (all or nothing).
+every line checked, and the entities, their assignments and their ``ADDED`` downlinks written
+set-based, in the caller's transaction (all or nothing).
 
 The rows are exactly those that creating each entity (``CloudEntities.create_entity``) and
 assigning it to each edge (``CloudAssignment.assign``) one by one write: the same checks
 (``EntityStore.prepare``), version 1, one assignment row per entity and edge, and per edge one
-``ADDED`` event per entity in file order, its body encoded by ``entity_state`` and numbered by the
-transaction's :class:`~winstar_core.store.outbox.Outbox` (one flush: one counter update per edge,
-one NOTIFY). A cloud create fires no plugin hook (``winstar_edge_entity_created`` is the rule for
-an entity an *edge* created, applied to uplinks only), so an import fires none either.
+``ADDED`` event per entity in file order, its body encoded by ``entity_state`` and numbered from
+the edge's counter row (``write_new_downlinks`` in store/outbox.py: one statement per edge, one
+NOTIFY; no compaction, which a new entity's first event has nothing to supersede). A cloud create
+fires no plugin hook (``winstar_edge_entity_created`` is the rule for an entity an *edge*
+created, applied to uplinks only), so an import fires none either.
 
-Everything the import writes is held in memory until the transaction commits (the checked lines,
-then the outbox's events and their rows): about 4 KB per device assigned to one edge (an import
-of 25,000 peaked 90 MB above the command's own 66 MB). A file too large for that is to be cut
-into several imports (each one all or nothing).
+The lines come in chunks, checked (services/bulk_lines.py: by worker processes, one per core,
+when there is more than one chunk). Each chunk's names are looked up among the tenant's and its
+entities and assignments written (PostgreSQL: ``COPY`` on the transaction's own connection;
+SQLite: an executemany) while the workers check the next chunks; the downlinks go last, once
+every line is known good. A bad line stops the writing (the rest is still checked: every bad line
+is named) and what was written is rolled back to a savepoint taken before the first chunk, so a
+refusal leaves the caller's transaction as it was. A failure while writing is an exception, which
+ends the transaction.
+
+Held in memory until the end: each entity's id and downlink body (one ``bytes`` for all its
+edges, about 300 bytes for a device) and the names seen (a repeat within the file is refused),
+about 0.8 KB per entity whatever the number of edges (an import of 100,000 devices assigned to one
+edge peaked 82 MB above the command's own 74 MB; of 25,000, 22 MB), and at most two chunks per
+worker (each at most ``CHUNK_LINES`` lines or about ``CHUNK_BYTES``). A worker is a forked copy of
+the command, sharing its pages, and holds one chunk at a time.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import sqlalchemy as sa
 
-from winstar_core.entity_types import MAX_DATA_BYTES, shown
+from winstar_core.entity_types import shown
 from winstar_core.errors import WinstarError
+from winstar_core.services.bulk_lines import ImportLine, LineCheck, checked_chunks, one_line
 from winstar_core.services.constants import ADDED
-from winstar_core.services.entities import entity_state
 from winstar_core.services.ids import chunks
 from winstar_core.store.models import Assignment, Edge, Entity, Tenant, now_ms
-from winstar_core.store.outbox import OutboxEvent
+from winstar_core.store.outbox import OutboxEvent, copy_rows, write_new_downlinks
 
 if TYPE_CHECKING:
     from winstar_core.services.cloud import CloudService
 
-#: entities per INSERT executemany (and per progress report). An executemany, not one INSERT of
-#: many VALUES: psycopg pipelines its rows to PostgreSQL, which measured faster here than
-#: insertmanyvalues' multi-row statements (SQLite runs it as one prepared statement in C)
-WRITE_CHUNK = 1000
 ENTITY = cast(sa.Table, Entity.__table__)
 ASSIGNMENT = cast(sa.Table, Assignment.__table__)
-#: the keys a line may hold
-LINE_KEYS = ("name", "data")
-
+ENTITY_COLUMNS = (
+    "id", "tenant_id", "customer_id", "type", "name", "name_scope", "data", "version",
+    "origin_edge_id", "created_time", "updated_time",
+)  # fmt: skip
+#: the names of ``names`` that the tenant's entities of a type and scope hold
+_TAKEN = sa.select(Entity.name).where(
+    Entity.tenant_id == sa.bindparam("tenant"),
+    Entity.type == sa.bindparam("type"),
+    Entity.name_scope == sa.bindparam("scope"),
+    Entity.name.in_(sa.bindparam("names", expanding=True)),
+)
+#: the same on PostgreSQL: probing the unique index per name, which the planner does not choose for
+#: ``name IN (...)`` on an entity table it believes small (new, or filled by this import)
+_TAKEN_PG = sa.text(
+    """
+    SELECT n.name FROM unnest(CAST(:names AS text[])) AS n(name) CROSS JOIN LATERAL (
+        SELECT 1 FROM entity AS e WHERE e.tenant_id = :tenant AND e.type = :type
+        AND e.name_scope = :scope AND e.name = n.name LIMIT 1
+    ) AS hit
+    """
+)
 #: what reports progress (a line of text), or None for silence
 Progress = Callable[[str], None] | None
-
-
-@dataclass(frozen=True)
-class ImportLine:
-    """One checked line: the entity it creates (name cleaned, data validated, name scope)."""
-
-    number: int
-    name: str
-    data: dict[str, Any]
-    scope: str
 
 
 @dataclass(frozen=True)
@@ -67,10 +82,6 @@ class ImportResult:
 
     created: int
     assigned: int
-
-
-#: the longest line an import reads: an entity's data (4 MiB) and room for its name and JSON
-MAX_LINE_BYTES = MAX_DATA_BYTES + 64 * 1024
 
 
 class ImportRefused(WinstarError):
@@ -84,190 +95,103 @@ class ImportRefused(WinstarError):
         super().__init__(f"{bad} problem{'s' if bad != 1 else ''} in {lines} lines: nothing imported")
 
 
-def read_json_line(raw: bytes) -> dict[str, Any] | None:
-    """A line's JSON object (``{"name", "data"}``), None for a blank line; a :class:`WinstarError`
-    saying what is wrong with it otherwise (not UTF-8, not JSON, not an object, another key)."""
-    if len(raw) > MAX_LINE_BYTES:
-        raise WinstarError(f"longer than {MAX_LINE_BYTES:,} bytes (an entity's data is at most 4 MiB)")
-    try:
-        # a byte-order mark (as some editors write one) opens a file, not a JSON text
-        text = raw.decode("utf-8").lstrip("\ufeff").rstrip("\r\n")
-    except UnicodeDecodeError as exc:
-        raise WinstarError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if not text.strip():
-        return None
-    try:
-        value = json.loads(text, object_pairs_hook=_no_repeated_keys)
-    except json.JSONDecodeError as exc:
-        raise WinstarError(f"not valid JSON: {exc.msg} (column {exc.colno})") from None
-    except RecursionError:
-        raise WinstarError("its JSON nests too deeply to read") from None
-    except ValueError as exc:  # an integer of thousands of digits, say
-        raise WinstarError(f"cannot be read: {' '.join(str(exc).split())}") from None
-    if not isinstance(value, dict):
-        raise WinstarError(f'not a JSON object ({{"name": ..., "data": {{...}}}}) but {_kind(value)}')
-    unknown = sorted(k for k in value if k not in LINE_KEYS)
-    if unknown:
-        raise WinstarError(f'unknown key {shown(unknown[0])}: a line holds "name" and "data"')
-    return value
-
-
-def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are all different: a repeated key would silently keep its last
-    value (a name written twice, data overwritten)."""
-    value = dict(pairs)
-    if len(value) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise WinstarError(f"the key {shown(key)} appears twice in one object")
-            seen.add(key)
-    return value
-
-
-def bounded_lines(source: Any) -> Iterable[bytes]:
-    """The lines of a binary file, none held longer than :data:`MAX_LINE_BYTES` + 1 bytes (the
-    rest of a longer line is read and dropped: the line is refused as too long, and the file is
-    never held whole). Any other iterable of lines is taken as it is."""
-    readline = getattr(source, "readline", None)
-    if readline is None:
-        yield from source
-        return
-    while line := readline(MAX_LINE_BYTES + 1):
-        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-            while (rest := readline(1024 * 1024)) and not rest.endswith(b"\n"):
-                pass
-        yield line
-
-
-def _kind(value: Any) -> str:
-    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number"
-    )
-
-
 @dataclass
 class BulkImport:
     """An import of ``type_name`` entities into ``tenant``, assigned to ``edges``, in the
-    transaction of ``cloud``. :meth:`check` the lines, then :meth:`write` them."""
+    transaction of ``cloud``: :meth:`run` it on the lines. ``workers``: how many processes
+    checked the lines (0: this one), once it ran."""
 
     cloud: CloudService
     type_name: str
     tenant: Tenant
     edges: list[Edge] = field(default_factory=list)
     progress: Progress = None
+    workers: int = 0
 
-    def check(self, lines: Iterable[bytes], problems: Sequence[str] = ()) -> list[ImportLine]:
-        """Every line of ``lines`` (numbered from 1; blank ones skipped) checked as ``entity
-        create`` checks its input, names unique within the file and free in the tenant. Raises
-        :class:`ImportRefused` with every bad line (and ``problems`` found before, such as an
-        unknown edge) if there is one; writes nothing."""
-        etype = self.cloud.types.get(self.type_name)
-        bad = list(problems)
-        good: list[ImportLine] = []
-        seen: dict[tuple[str, str], int] = {}  # (scope, name) -> line
-        number = 0
-        for number, raw in enumerate(bounded_lines(lines), start=1):
-            try:
-                value = read_json_line(raw)
-                if value is None:
-                    continue
-                name, data = value.get("name"), value.get("data", {})
-                if not isinstance(name, str):
-                    raise WinstarError('"name" must be a string' if "name" in value else 'no "name"')
-                if not isinstance(data, dict):
-                    raise WinstarError(f'"data" must be a JSON object, not {_kind(data)}')
-                name, clean, scope = self.cloud.entities.prepare(etype, name, data)
-            except WinstarError as exc:
-                bad.append(f"line {number}: {_one_line(exc)}")
-                continue
-            first = seen.setdefault((scope, name), number)
-            if first != number:
-                bad.append(f"line {number}: name {shown(name)} is already used on line {first}")
-                continue
-            good.append(ImportLine(number, name, clean, scope))
-            if self.progress and number % 10_000 == 0:
-                self.progress(f"checked {number:,} lines")
-        bad += self._taken(good)
+    def run(self, lines: Iterable[bytes], problems: Sequence[str] = ()) -> ImportResult:
+        """Check every line of ``lines`` (numbered from 1; blank ones skipped) as ``entity
+        create`` checks its input, names unique within the file and free in the tenant, writing
+        the entities and their assignments as their chunks pass, then queue one ``ADDED`` per
+        entity and edge. Raises :class:`ImportRefused` with every bad line (and ``problems``
+        found before, such as an unknown edge) if there is one, having written nothing."""
+        session = self.cloud.session
+        check = LineCheck(
+            self.cloud.entities.prepare,
+            self.cloud.types.get(self.type_name),
+            self.cloud.types,
+            self.tenant.id,
+            bool(self.edges),
+            session.get_bind().dialect.name == "postgresql",
+        )
+        bad, seen = list(problems), dict[tuple[str, str], int]()  # (scope, name) -> line
+        events: list[OutboxEvent] = []
+        number = created = 0
+        saved, now = None, now_ms()
+        with closing(checked_chunks(lines, check)) as checked:
+            for lines_ok, lines_bad, number, self.workers in checked:
+                bad += lines_bad
+                good = []
+                for line in lines_ok:
+                    first = seen.setdefault((line.scope, line.name), line.number)
+                    if first != line.number:
+                        bad.append(
+                            f"line {line.number}: name {shown(line.name)} is already used on line {first}"
+                        )
+                    else:
+                        good.append(line)
+                bad += self._taken(good)
+                if not bad and good:
+                    saved = saved or session.begin_nested()  # what a refusal rolls back
+                    self._write(good, now)
+                    events += (OutboxEvent(self.tenant.id, self.type_name, ADDED, x.id, x.body) for x in good)
+                    created += len(good)
+                if self.progress:
+                    self.progress(f"checked {number:,} lines, wrote {created:,} entities")
         if bad:
+            if saved is not None:
+                saved.rollback()
             raise ImportRefused(sorted(bad, key=_line_order), number)
-        return good
+        if self.edges and events:
+            if self.progress:
+                self.progress(f"queueing {len(events) * len(self.edges):,} downlinks")
+            self.cloud.outbox.flush(session)  # the transaction's own events go first in their streams
+            write_new_downlinks(session, {edge.id: events for edge in self.edges})
+        if saved is not None:
+            saved.commit()
+        return ImportResult(created=created, assigned=created * len(self.edges))
 
     def _taken(self, good: list[ImportLine]) -> list[str]:
-        """A line each for the names that entities of the tenant hold already."""
+        """A line each for the names that entities of the tenant hold already: a look-up of each
+        name along the unique index (PostgreSQL: one probe per name, whatever the planner thinks
+        of a table this import is filling)."""
         by_scope: dict[str, dict[str, ImportLine]] = {}  # names are unique per scope in the file
         for line in good:
             by_scope.setdefault(line.scope, {})[line.name] = line
-        out = []
+        session, out = self.cloud.session, []
+        postgres = session.get_bind().dialect.name == "postgresql"
         for scope, names in by_scope.items():
             for chunk in chunks(names):
-                # every column of the unique index: a look-up per name, not a walk of the type
-                stmt = sa.select(Entity.name).where(
-                    Entity.tenant_id == self.tenant.id,
-                    Entity.type == self.type_name,
-                    Entity.name_scope == scope,
-                    Entity.name.in_(chunk),
-                )
-                for name in self.cloud.session.scalars(stmt):
-                    line = names[name]
+                where = {"tenant": self.tenant.id, "type": self.type_name, "scope": scope, "names": chunk}
+                for name in session.scalars(_TAKEN_PG if postgres else _TAKEN, where):
                     within = f" (scope {scope!r})" if scope else ""
                     out.append(
-                        f"line {line.number}: a {self.type_name} named {shown(name)}{within}"
+                        f"line {names[name].number}: a {self.type_name} named {shown(name)}{within}"
                         " already exists in this tenant"
                     )
         return out
 
-    def write(self, lines: Sequence[ImportLine]) -> ImportResult:
-        """Insert the entities of checked ``lines``, assign each to every edge, and queue one
-        ``ADDED`` per entity and edge; numbered and written by the outbox's flush."""
-        session, types, outbox = self.cloud.session, self.cloud.types, self.cloud.outbox
-        tenant_id, type_name = self.tenant.id, self.type_name
-        now = now_ms()
-        assigned = 0
-        for start in range(0, len(lines), WRITE_CHUNK):
-            rows = [
-                {
-                    "id": uuid.uuid4(),
-                    "tenant_id": tenant_id,
-                    "customer_id": None,
-                    "type": type_name,
-                    "name": line.name,
-                    "name_scope": line.scope,
-                    "data": line.data,
-                    "version": 1,
-                    "origin_edge_id": None,
-                    "created_time": now,
-                    "updated_time": now,
-                }
-                for line in lines[start : start + WRITE_CHUNK]
-            ]
-            # Core INSERTs of plain rows (executemany): no ORM instance per entity
-            session.execute(sa.insert(ENTITY), rows)
-            if self.edges:
-                links = [
-                    {"edge_id": edge.id, "entity_id": r["id"], "created_time": now}
-                    for r in rows
-                    for edge in self.edges
-                ]
-                session.execute(sa.insert(ASSIGNMENT), links)
-                assigned += len(links)
-                for row in rows:
-                    # the body `assign` writes for a fresh entity; entity_state reads the entity's
-                    # columns, here those of its row (an ORM instance each would cost a third more)
-                    entity = cast(Entity, SimpleNamespace(**row))
-                    body = entity_state(entity, types).SerializeToString()
-                    for edge in self.edges:
-                        outbox.downlink(edge.id, OutboxEvent(tenant_id, type_name, ADDED, entity.id, body))
-            if self.progress:
-                self.progress(f"wrote {min(start + WRITE_CHUNK, len(lines)):,} of {len(lines):,} entities")
-        if self.progress and self.edges:
-            self.progress(f"queueing {len(lines) * len(self.edges):,} downlinks")
-        outbox.flush(session)
-        return ImportResult(created=len(lines), assigned=assigned)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    def _write(self, good: list[ImportLine], now: int) -> None:
+        """The entities of checked lines and their assignments (COPY on PostgreSQL)."""
+        session, tenant_id, type_name = self.cloud.session, self.tenant.id, self.type_name
+        copy_rows(
+            session,
+            ENTITY,
+            ENTITY_COLUMNS,
+            ((x.id, tenant_id, None, type_name, x.name, x.scope, x.data, 1, None, now, now) for x in good),
+        )
+        if self.edges:
+            links = ((edge.id, x.id, now) for x in good for edge in self.edges)
+            copy_rows(session, ASSIGNMENT, ("edge_id", "entity_id", "created_time"), links)
 
 
 def _line_order(problem: str) -> tuple[int, int]:
@@ -286,7 +210,7 @@ def find_edges(cloud: CloudService, refs: Sequence[str], tenant: Tenant) -> tupl
         try:
             edge = cloud.find_edge(ref, tenant)
         except WinstarError as exc:
-            problems.append(f"--assign {ref}: {_one_line(exc)} in tenant {tenant.name!r}")
+            problems.append(f"--assign {ref}: {one_line(exc)} in tenant {tenant.name!r}")
             continue
         edges.setdefault(edge.id, edge)
     return list(edges.values()), problems
@@ -307,5 +231,4 @@ def import_entities(
     cloud.types.get(type_name)  # an unknown type: one line, before any line is read
     tenant = cloud.default_tenant(tenant_ref)
     edges, problems = find_edges(cloud, assign, tenant)
-    job = BulkImport(cloud, type_name, tenant, edges, progress)
-    return job.write(job.check(lines, problems))
+    return BulkImport(cloud, type_name, tenant, edges, progress).run(lines, problems)

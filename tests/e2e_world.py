@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from procs import Proc, free_port, wait_until
+from procs import Proc, free_port, stop_all, wait_until
 
 from winstar_core.node import Node
 from winstar_core.store.models import CloudEvent, EdgeEvent, Entity
@@ -76,9 +76,7 @@ class World:
             return fn(c)
 
     def stop_all(self) -> None:
-        for p in self.procs:
-            if p.alive():
-                p.stop()
+        stop_all(self.procs)
 
 
 def _world(db_url: str, tmp_path: Path, platform: Any, edition: str) -> World:

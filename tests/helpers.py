@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import sqlalchemy as sa
 
 from winstar_core.node import Node
 from winstar_core.store.models import CloudEvent, EdgeEvent
+
+#: ``WINSTAR_TEST_THOROUGH=1``: the costliest property tests run their full example counts (a
+#: nightly or pre-release run); the everyday suite runs fewer (see :func:`examples`)
+THOROUGH = os.environ.get("WINSTAR_TEST_THOROUGH", "").lower() in ("1", "true", "yes")
+
+
+def examples(everyday: int, thorough: int) -> int:
+    """A property test's ``max_examples``: ``everyday`` in the suite's usual run, ``thorough``
+    with ``WINSTAR_TEST_THOROUGH=1``."""
+    return thorough if THOROUGH else everyday
 
 
 def downlink_rows(node: Node, edge_id: Any = None) -> list[tuple[int, str, str, str]]:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from helpers import examples
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -367,7 +368,11 @@ _COMMANDS = [
 ]
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(300, thorough=600),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(
     command=st.sampled_from(_COMMANDS),
     values=st.lists(st.one_of(_ODD, _ODD, _ODD, st.text(max_size=20)), min_size=3, max_size=3),

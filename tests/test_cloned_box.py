@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from e2e_world import World, _tenant
-from procs import Proc, wait_until, winstar
+from procs import Proc, cli, wait_until
 
 from winstar_core.node import INSTANCE_PLACE_ENV, Node
 from winstar_core.services.instances import reset_instance
@@ -109,7 +109,7 @@ def _make(node: Node, *names: str) -> dict[str, uuid.UUID]:
 
 
 def _make_cli(node: Node, name: str) -> dict[str, uuid.UUID]:
-    out = winstar(node.url, "entity", "create", "device", name, "--user", USER, "--json")
+    out = cli(node.url, "entity", "create", "device", name, "--user", USER, "--json")
     return {name: uuid.UUID(out["id"])}
 
 
@@ -189,7 +189,7 @@ def test_a_cloned_box_is_refused_until_reset_and_nothing_of_either_box_is_lost(w
         w.procs.append(box_b.start())
         wait_until(lambda: "another box" in _error(b), 20, what="box B to be refused")
         w.wait_connected()
-        st = winstar(url_b, "status", "--json")
+        st = cli(url_b, "status", "--json")
         b_id = st["instance"]
         assert b_id and b_id != a_id and str(uuid.UUID(b_id)) == b_id
         assert _config(b, "instance_copied_from") == a_id
@@ -200,7 +200,7 @@ def test_a_cloned_box_is_refused_until_reset_and_nothing_of_either_box_is_lost(w
             f"this box is instance {b_id}. If this box should be the edge, run "
             f"`winstar edge reset-instance '{EDGE}'` in the cloud"
         )
-        shown = winstar(w.cloud.url, "edge", "show", EDGE, "--json")
+        shown = cli(w.cloud.url, "edge", "show", EDGE, "--json")
         assert shown["instance"] == a_id and shown["connected"] is True
         assert shown["conflict"].startswith(f"box {b_id} refused at ")
         assert shown["conflict"].endswith(f"another box ({a_id}) is the edge")
@@ -218,14 +218,14 @@ def test_a_cloned_box_is_refused_until_reset_and_nothing_of_either_box_is_lost(w
         wait_until(
             lambda: "(5 uplinks of this box not delivered" in _error(b), 20, what="B to count its uplinks"
         )
-        st = winstar(url_b, "status", "--json")
+        st = cli(url_b, "status", "--json")
         assert st["connected"] is False and st["pending_uplinks"] == 5
         assert st["error"].startswith(f"FAILED_PRECONDITION: another box (instance {a_id})")
         assert "reset-instance" in st["error"]
         assert st["error"].endswith(
             "(5 uplinks of this box not delivered: `winstar uplinks --status pending`)"
         )
-        pending = winstar(url_b, "uplinks", "--status", "pending", "--json")
+        pending = cli(url_b, "uplinks", "--status", "pending", "--json")
         assert sorted((u["type"], u["action"], u["entity_id"]) for u in pending) == sorted(
             ("device", "ADDED", str(i)) for i in made_b.values()
         )
@@ -240,7 +240,7 @@ def test_a_cloned_box_is_refused_until_reset_and_nothing_of_either_box_is_lost(w
 
         # 4. the operator moves the edge to B
         assert box_b.stop() == 0
-        assert winstar(w.cloud.url, "edge", "reset-instance", EDGE, "--json") == {
+        assert cli(w.cloud.url, "edge", "reset-instance", EDGE, "--json") == {
             "edge_id": str(w.edge_id),
             "reset": True,
         }
@@ -274,7 +274,7 @@ def test_a_cloned_box_is_refused_until_reset_and_nothing_of_either_box_is_lost(w
         effective = _effective(w)
         assert effective == set(made_a.values()) | set(made_b.values()) | {boiler}
         wait_until(lambda: set(_entities(b)) == effective, 20, what="B to hold the edge's entities")
-        shown = winstar(w.cloud.url, "edge", "show", EDGE, "--json")
+        shown = cli(w.cloud.url, "edge", "show", EDGE, "--json")
         assert shown["instance"] == b_id and shown["connected"] is True and shown["pending"] == 0
         assert shown["conflict"].startswith(f"moved from box {a_id} to box {b_id} at ")
         _assert_nothing_lost(w, boxes)
@@ -290,7 +290,7 @@ def test_a_cloned_box_is_refused_until_reset_and_nothing_of_either_box_is_lost(w
             20,
             what="A refused, counting its uplink",
         )
-        st = winstar(w.edge.url, "status", "--json")
+        st = cli(w.edge.url, "status", "--json")
         assert st["connected"] is False and st["pending_uplinks"] == 1 and st["instance"] == a_id
         assert st["error"].startswith(
             f"FAILED_PRECONDITION: another box (instance {b_id}) is using this edge's credentials; "
@@ -299,7 +299,7 @@ def test_a_cloned_box_is_refused_until_reset_and_nothing_of_either_box_is_lost(w
         assert st["error"].endswith(
             "(1 uplinks of this box not delivered: `winstar uplinks --status pending`)"
         )
-        pending = winstar(w.edge.url, "uplinks", "--status", "pending", "--json")
+        pending = cli(w.edge.url, "uplinks", "--status", "pending", "--json")
         assert [(u["action"], u["entity_id"]) for u in pending] == [("ADDED", str(made_a["a11"]))]
         assert made_a["a11"] not in _cloud_devices(w)
         served, reset, conflict = _cloud_edge(w)

@@ -1,6 +1,12 @@
 """A link that silently stops carrying packets (no FIN, no RST) is noticed by both sides within a
 minute, thanks to HTTP/2 keepalive pings. A proxy between edge and cloud stops forwarding while
-keeping both TCP connections open."""
+keeping both TCP connections open.
+
+The link runs with the product's gRPC options, every keepalive timing in them divided by
+:data:`SCALE` (so the test waits seconds, not half a minute): the same options (one left out of the
+product's lists is left out here too: without ``grpc.http2.ping_timeout_ms`` gRPC waits 60 s for a
+ping's answer, far past the scaled bound), checked against the scaled minute; the product's own
+timings are checked against the real minute."""
 
 from __future__ import annotations
 
@@ -14,8 +20,49 @@ from procs import wait_until
 
 from winstar_core.node import Node
 from winstar_core.store.models import Edge
+from winstar_core.transport import client as client_module
+from winstar_core.transport import common
+from winstar_core.transport import server as server_module
 
 pytestmark = pytest.mark.slow
+
+#: the keepalive timings of the link under test are the product's divided by this
+SCALE = 10
+#: the gRPC options that are keepalive timings (milliseconds)
+TIMINGS = {
+    "grpc.keepalive_time_ms",
+    "grpc.keepalive_timeout_ms",
+    "grpc.http2.ping_timeout_ms",
+    "grpc.http2.min_ping_interval_without_data_ms",
+    "grpc.http2.min_recv_ping_interval_without_data_ms",
+}
+
+
+def _scaled(options: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    return [(name, value // SCALE if name in TIMINGS else value) for name, value in options]
+
+
+@pytest.fixture
+def scaled_keepalive(monkeypatch):
+    # the product's option lists, as the server and the client read them when they start
+    monkeypatch.setattr(server_module, "SERVER_OPTIONS", _scaled(common.SERVER_OPTIONS))
+    monkeypatch.setattr(client_module, "CLIENT_OPTIONS", _scaled(common.CLIENT_OPTIONS))
+
+
+def test_the_products_keepalive_notices_a_dead_link_within_a_minute():
+    """What the scaled run below shows holds for the product's timings: a ping after
+    KEEPALIVE_TIME_MS without traffic, its answer awaited KEEPALIVE_TIMEOUT_MS, on both sides."""
+    for options in (common.SERVER_OPTIONS, common.CLIENT_OPTIONS):
+        opts = dict(options)
+        assert opts["grpc.keepalive_time_ms"] == common.KEEPALIVE_TIME_MS
+        assert opts["grpc.keepalive_timeout_ms"] == opts["grpc.http2.ping_timeout_ms"]
+        assert opts["grpc.http2.ping_timeout_ms"] == common.KEEPALIVE_TIMEOUT_MS
+        assert opts["grpc.keepalive_permit_without_calls"] == 1
+        assert opts["grpc.http2.min_ping_interval_without_data_ms"] <= common.KEEPALIVE_TIME_MS
+    assert dict(common.SERVER_OPTIONS)["grpc.http2.min_recv_ping_interval_without_data_ms"] <= (
+        common.KEEPALIVE_TIME_MS
+    )
+    assert common.KEEPALIVE_TIME_MS + common.KEEPALIVE_TIMEOUT_MS < 60_000
 
 
 class StallingProxy:
@@ -61,7 +108,7 @@ class StallingProxy:
 
 
 def test_silent_dead_link_is_noticed_by_both_sides_within_a_minute(
-    sqlite_url, tmp_path, platform, link_runner
+    sqlite_url, tmp_path, platform, link_runner, scaled_keepalive
 ):
     cloud = Node(sqlite_url, platform=platform)
     cloud.init_cloud()
@@ -81,13 +128,14 @@ def test_silent_dead_link_is_noticed_by_both_sides_within_a_minute(
     wait_until(cloud_sees_connected)
     proxy.stalled.set()
     started = time.monotonic()
+    minute = 60 / SCALE
     wait_until(
-        lambda: not handle.client.connected.is_set(), timeout=60, interval=0.2, what="the edge to notice"
+        lambda: not handle.client.connected.is_set(), timeout=60, interval=0.05, what="the edge to notice"
     )
     edge_noticed = time.monotonic() - started
-    wait_until(lambda: not cloud_sees_connected(), timeout=60, interval=0.2, what="the cloud to notice")
+    wait_until(lambda: not cloud_sees_connected(), timeout=60, interval=0.05, what="the cloud to notice")
     cloud_noticed = time.monotonic() - started
-    assert edge_noticed < 60 and cloud_noticed < 60, (edge_noticed, cloud_noticed)
+    assert edge_noticed < minute and cloud_noticed < minute, (edge_noticed, cloud_noticed)
 
     proxy.stalled.clear()  # the route comes back: the edge reconnects by itself
     link_runner.wait_connected(handle, timeout=60)

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 from e2e_world import _tenant
-from procs import Proc, wait_until, winstar
+from procs import Proc, cli, wait_until
 
 from winstar_core.node import Node
 from winstar_core.services.common import get_config
@@ -70,11 +70,11 @@ def test_cloud_to_edge_flows_online(world):
     wait_until(lambda: s2.id not in edge_of(), what="deleted device removed")
 
     wait_until(lambda: w.cloud_pending() == 0, what="every downlink acknowledged")
-    downs = winstar(w.cloud.url, "edge", "downlinks", "Plant 7", "--json")
+    downs = cli(w.cloud.url, "edge", "downlinks", "Plant 7", "--json")
     assert downs and {d["status"] for d in downs} == {"delivered"}
     assert all(d["delivered_time"] for d in downs)
     assert [d["seq"] for d in downs] == sorted((d["seq"] for d in downs), reverse=True)
-    status = winstar(w.cloud.url, "status", "--json")
+    status = cli(w.cloud.url, "status", "--json")
     assert status["edges"][0]["connected"] is True and status["edges"][0]["pending"] == 0
 
 
@@ -83,7 +83,7 @@ def test_edge_created_devices_online_and_offline(world):
     w.start_cloud()
     w.start_edge()
     w.wait_connected()
-    made = winstar(w.edge.url, "entity", "create", "device", "Thermo", "--user", "admin@acme.io", "--json")
+    made = cli(w.edge.url, "entity", "create", "device", "Thermo", "--user", "admin@acme.io", "--json")
     dev_id = uuid.UUID(made["id"])
 
     def in_cloud_and_assigned():
@@ -92,15 +92,15 @@ def test_edge_created_devices_online_and_offline(world):
 
     wait_until(in_cloud_and_assigned, what="the edge's device in the cloud, assigned to its edge (CE)")
     wait_until(lambda: w.edge_pending() == 0)
-    ups = winstar(w.edge.url, "uplinks", "--json")
+    ups = cli(w.edge.url, "uplinks", "--json")
     assert [(u["action"], u["status"]) for u in ups] == [("ADDED", "delivered")]
 
     # cut the link (stop the cloud): the edge keeps working and queues
     assert w.cloud_proc.stop() == 0  # SIGTERM: a clean stop
     wait_until(lambda: not w.edge_connected(), what="the edge to notice the cloud is gone")
     for i in range(5):
-        winstar(w.edge.url, "entity", "create", "device", f"offline-{i}", "--user", "admin@acme.io")
-    st = winstar(w.edge.url, "status", "--json")
+        cli(w.edge.url, "entity", "create", "device", f"offline-{i}", "--user", "admin@acme.io")
+    st = cli(w.edge.url, "status", "--json")
     assert st["pending_uplinks"] == 5
     # assign while the edge is offline (the cloud process is down too: the CLI writes the outbox)
     w.cloud_do(lambda c: c.assign(c.find_edge("Plant 7"), c.create_entity("asset", "Boiler", _tenant(c))))
@@ -115,7 +115,7 @@ def test_edge_created_devices_online_and_offline(world):
     wait_until(lambda: w.cloud_pending() == 0)
     assert w.edge_proc.stop() == 0
     w.cloud_do(lambda c: c.assign(c.find_edge("Plant 7"), c.create_entity("dashboard", "Late", _tenant(c))))
-    pending = winstar(w.cloud.url, "edge", "downlinks", "Plant 7", "--status", "pending", "--json")
+    pending = cli(w.cloud.url, "edge", "downlinks", "Plant 7", "--status", "pending", "--json")
     assert [d["type"] for d in pending] == ["dashboard"]
     w.start_edge()
     wait_until(
@@ -129,7 +129,7 @@ def test_pe_story_edge_all_group(pe_world):
     w.start_edge()
     w.wait_connected()
     for name in ("a", "b"):
-        winstar(w.edge.url, "entity", "create", "device", name, "--user", "admin@acme.io")
+        cli(w.edge.url, "entity", "create", "device", name, "--user", "admin@acme.io")
     wait_until(lambda: w.edge_pending() == 0)
     with w.cloud.cloud() as c:
         groups = c.entities.list_entities("entity_group")
@@ -138,7 +138,7 @@ def test_pe_story_edge_all_group(pe_world):
     wait_until(
         lambda: "[Edge] Plant 7 All" in {n for _, n, _ in w.edge_entities().values()}, what="group on edge"
     )
-    members = winstar(w.edge.url, "group", "members", "[Edge] Plant 7 All", "--json")
+    members = cli(w.edge.url, "group", "members", "[Edge] Plant 7 All", "--json")
     assert sorted(m["name"] for m in members) == ["a", "b"]
 
 
@@ -148,7 +148,7 @@ def test_name_collision_resolved_on_both_sides(world):
     w.start_cloud()
     w.start_edge()
     w.wait_connected()
-    made = winstar(w.edge.url, "entity", "create", "device", "pump", "--user", "admin@acme.io", "--json")
+    made = cli(w.edge.url, "entity", "create", "device", "pump", "--user", "admin@acme.io", "--json")
     dev_id = uuid.UUID(made["id"])
     wait_until(
         lambda: w.edge_entities().get(dev_id, ("", "", 0))[1] == "pump (Plant 7)", what="the edge agrees"
@@ -181,14 +181,14 @@ def test_rejected_events_fail_with_reason_and_do_not_block(world):
 
     bogus_id = w.cloud_do(bad_then_good)
     wait_until(lambda: w.cloud_pending() == 0, what="all downlinks answered")
-    downs = winstar(w.cloud.url, "edge", "downlinks", "Plant 7", "--json")
+    downs = cli(w.cloud.url, "edge", "downlinks", "Plant 7", "--json")
     by_entity = {(d["entity_id"], d["status"]) for d in downs}
     failed = [d for d in downs if d["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["entity_id"] == str(bogus_id)
     assert "invalid asset data" in failed[0]["error"] and "label" in failed[0]["error"]
     assert sum(1 for _, s in by_entity if s == "delivered") == 2
     assert {"before", "after"} <= {n for _, n, _ in w.edge_entities().values()}
-    assert winstar(w.cloud.url, "edge", "downlinks", "Plant 7", "--status", "failed", "--json") == failed
+    assert cli(w.cloud.url, "edge", "downlinks", "Plant 7", "--status", "failed", "--json") == failed
 
     # a forged uplink (a dashboard is not creatable on an edge) is refused by the cloud, same way
     def forge(e):
@@ -199,9 +199,9 @@ def test_rejected_events_fail_with_reason_and_do_not_block(world):
 
     with w.edge.edge() as e:
         forge(e)
-    winstar(w.edge.url, "entity", "create", "device", "legit", "--user", "admin@acme.io")
+    cli(w.edge.url, "entity", "create", "device", "legit", "--user", "admin@acme.io")
     wait_until(lambda: w.edge_pending() == 0)
-    ups = winstar(w.edge.url, "uplinks", "--json")
+    ups = cli(w.edge.url, "uplinks", "--json")
     assert [(u["type"], u["status"]) for u in ups] == [("device", "delivered"), ("dashboard", "failed")]
     assert "cannot be created or changed on an edge" in ups[1]["error"]
     with w.cloud.cloud() as c:
@@ -219,15 +219,13 @@ def test_wrong_secret_is_refused_and_the_rightful_edge_stays(world):
     w.procs.append(p)
 
     def refused():
-        st = winstar(impostor.url, "status", "--json")
+        st = cli(impostor.url, "status", "--json")
         return st if st["error"] and "UNAUTHENTICATED" in st["error"] else None
 
     st = wait_until(refused, what="the impostor's status to say why it is refused")
     assert st["connected"] is False and "invalid routing key or secret" in st["error"]
     assert w.edge_connected()
-    made = winstar(
-        w.edge.url, "entity", "create", "device", "still-fine", "--user", "admin@acme.io", "--json"
-    )
+    made = cli(w.edge.url, "entity", "create", "device", "still-fine", "--user", "admin@acme.io", "--json")
     wait_until(lambda: w.edge_pending() == 0, what="the rightful edge keeps syncing")
     with w.cloud.cloud() as c:
         assert c.entities.find_entity("device", made["id"]).name == "still-fine"

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import procs
 import pytest
 from fake_cloud import (
     ADMIN,
@@ -41,9 +42,10 @@ from fake_cloud import (
     users,
     welcome,
 )
+from helpers import examples
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from procs import wait_until, winstar
+from procs import wait_until
 
 from winstar_core.node import Node
 from winstar_core.transport import client as client_mod
@@ -173,7 +175,7 @@ def good_session(
         assert cfg["last_error"].startswith(last_error), cfg
     assert contains in cfg["last_error"], (contains, cfg)
     if cli:  # the edge waits for our Welcome meanwhile
-        shown = winstar(box.node.url, "status", "--json")
+        shown = procs.cli(box.node.url, "status", "--json")
         assert (shown["role"], shown["connected"], shown["error"]) == ("edge", False, cfg["last_error"])
         assert shown["pending_uplinks"] == len(resend)
     s.send(welcome())
@@ -1368,7 +1370,7 @@ def fuzz(box):
 # those before it: no shrinking (it would replay examples out of order); a failure shows the last few
 @settings(
     phases=[Phase.explicit, Phase.generate],
-    max_examples=300,
+    max_examples=examples(150, thorough=300),
     deadline=None,
     derandomize=True,
     database=None,

@@ -4,7 +4,7 @@ has not converged), and delivered by itself once the plugin is there and the edg
 from __future__ import annotations
 
 from e2e_world import _tenant
-from procs import Proc, wait_until, winstar
+from procs import Proc, cli, wait_until
 
 
 def test_a_type_the_edge_lacks_is_held_then_delivered_after_install_and_restart(world):
@@ -23,20 +23,20 @@ def test_a_type_the_edge_lacks_is_held_then_delivered_after_install_and_restart(
     w.cloud_do(setup)
     names = lambda: {n for _, n, _ in w.edge_entities().values()}  # noqa: E731
     wait_until(lambda: "Boiler" in names(), 30, what="the asset behind the held dashboard")
-    downs = winstar(w.cloud.url, "edge", "downlinks", "Plant 7", "--json")
+    downs = cli(w.cloud.url, "edge", "downlinks", "Plant 7", "--json")
     (held,) = [d for d in downs if d["status"] == "held"]
     assert held["type"] == "dashboard" and "no plugin for entity type 'dashboard'" in held["error"]
     assert not [d for d in downs if d["status"] == "failed"]
     assert "Overview" not in names()
 
     # a Sync Edge to that edge does not look converged while the dashboard is held
-    winstar(w.cloud.url, "edge", "sync", "Plant 7", "--json")
+    cli(w.cloud.url, "edge", "sync", "Plant 7", "--json")
     wait_until(
-        lambda: winstar(w.cloud.url, "edge", "show", "Plant 7", "--json")["sync"]["state"] == "failed",
+        lambda: cli(w.cloud.url, "edge", "show", "Plant 7", "--json")["sync"]["state"] == "failed",
         30,
         what="the sync's outcome",
     )
-    shown = winstar(w.cloud.url, "edge", "show", "Plant 7", "--json")
+    shown = cli(w.cloud.url, "edge", "show", "Plant 7", "--json")
     assert shown["sync"]["held"] >= 1 and shown["held"] >= 1
 
     # the plugin is installed: the edge restarts, announces the type, and gets what was held
@@ -47,7 +47,7 @@ def test_a_type_the_edge_lacks_is_held_then_delivered_after_install_and_restart(
         lambda: (
             not [
                 d
-                for d in winstar(w.cloud.url, "edge", "downlinks", "Plant 7", "--json")
+                for d in cli(w.cloud.url, "edge", "downlinks", "Plant 7", "--json")
                 if d["status"] in ("held", "pending", "failed")
             ]
         ),

@@ -11,6 +11,7 @@ import uuid
 import grpc
 import pytest
 import sqlalchemy as sa
+from helpers import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from raw_peer import RawCall, credentials, hello
@@ -116,7 +117,8 @@ def _version(h, entity_id: str) -> int | None:
 
 
 @settings(
-    max_examples=200,
+    # each example is a session of its own and a round trip of the well-behaved edge (~0.2 s)
+    max_examples=examples(100, thorough=200),
     deadline=None,
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,

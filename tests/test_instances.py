@@ -9,7 +9,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from procs import winstar
+from procs import cli, winstar
 
 from winstar_core.node import INSTANCE_PLACE_ENV, Node, instance_place
 from winstar_core.services.common import get_config
@@ -322,14 +322,14 @@ def test_the_migration_keeps_existing_edges(db_url):
 @pytest.fixture
 def cloud_db(tmp_path) -> str:
     db = f"sqlite:///{tmp_path / 'cloud.db'}"
-    winstar(db, "init", "cloud", "--json")
-    winstar(db, "tenant", "create", "Acme", "--json")
+    cli(db, "init", "cloud", "--json")
+    cli(db, "tenant", "create", "Acme", "--json")
     return db
 
 
 def test_edge_show_and_reset_instance(cloud_db):
-    edge = winstar(cloud_db, "edge", "create", "Plant 7", "--json")
-    shown = winstar(cloud_db, "edge", "show", "Plant 7", "--json")
+    edge = cli(cloud_db, "edge", "create", "Plant 7", "--json")
+    shown = cli(cloud_db, "edge", "show", "Plant 7", "--json")
     assert shown == {
         "id": edge["id"],
         "name": "Plant 7",
@@ -356,11 +356,11 @@ def test_edge_show_and_reset_instance(cloud_db):
             "bytes": None,
         },
     }
-    winstar(cloud_db, "entity", "create", "dashboard", "D1", "--data", '{"title": "1"}', "--json")
-    winstar(cloud_db, "entity", "create", "dashboard", "D2", "--data", '{"title": "2"}', "--json")
-    winstar(cloud_db, "edge", "assign", "Plant 7", "dashboard", "D1", "--json")
-    winstar(cloud_db, "edge", "assign", "Plant 7", "dashboard", "D2", "--json")
-    winstar(cloud_db, "edge", "sync", edge["id"], "--json")
+    cli(cloud_db, "entity", "create", "dashboard", "D1", "--data", '{"title": "1"}', "--json")
+    cli(cloud_db, "entity", "create", "dashboard", "D2", "--data", '{"title": "2"}', "--json")
+    cli(cloud_db, "edge", "assign", "Plant 7", "dashboard", "D1", "--json")
+    cli(cloud_db, "edge", "assign", "Plant 7", "dashboard", "D2", "--json")
+    cli(cloud_db, "edge", "sync", edge["id"], "--json")
     node = Node(cloud_db)
     edge_id = uuid.UUID(edge["id"])
     with node.db.begin() as s:
@@ -371,13 +371,13 @@ def test_edge_show_and_reset_instance(cloud_db):
         )
     _admit(node, edge_id, BOX_A)
     _admit(node, edge_id, BOX_B)
-    shown = winstar(cloud_db, "edge", "show", edge["id"], "--tenant", "Acme", "--json")
+    shown = cli(cloud_db, "edge", "show", edge["id"], "--tenant", "Acme", "--json")
     assert (shown["instance"], shown["pending"], shown["failed"]) == (BOX_A, 1, 1)
     assert shown["conflict"].startswith(f"box {BOX_B} refused at ")
     assert (shown["sync"]["state"], shown["sync"]["requested"]) == ("pending", True)
     with node.cloud() as c:  # the serving node runs it: its events, then its end
         assert c.run_sync(c.find_edge("Plant 7")) == 3  # 2 dashboards (no user yet), its end
-    sync = winstar(cloud_db, "edge", "show", "Plant 7", "--json")["sync"]
+    sync = cli(cloud_db, "edge", "show", "Plant 7", "--json")["sync"]
     assert (sync["state"], sync["requested"], sync["finished"]) == ("running", False, None)
     with node.db.begin() as s:  # the edge acknowledged the whole sync
         s.execute(
@@ -385,7 +385,7 @@ def test_edge_show_and_reset_instance(cloud_db):
             .where(EdgeEvent.edge_id == edge_id, EdgeEvent.status == "PENDING")
             .values(status="DELIVERED", delivered_time=1_700_000_000_000)
         )
-    sync = winstar(cloud_db, "edge", "show", "Plant 7", "--json")["sync"]
+    sync = cli(cloud_db, "edge", "show", "Plant 7", "--json")["sync"]
     assert (sync["state"], sync["finished"], sync["failed"], sync["held"]) == (
         "done",
         "2023-11-14T22:13:20.000Z",
@@ -399,18 +399,18 @@ def test_edge_show_and_reset_instance(cloud_db):
             .where(EdgeEvent.edge_id == edge_id, EdgeEvent.seq == last - 1)
             .values(status="FAILED", error="refused")
         )
-    sync = winstar(cloud_db, "edge", "show", "Plant 7", "--json")["sync"]
+    sync = cli(cloud_db, "edge", "show", "Plant 7", "--json")["sync"]
     assert (sync["state"], sync["failed"]) == ("failed", 1)
 
-    assert winstar(cloud_db, "edge", "reset-instance", "Plant 7", "--json") == {
+    assert cli(cloud_db, "edge", "reset-instance", "Plant 7", "--json") == {
         "edge_id": edge["id"],
         "reset": True,
     }
-    assert winstar(cloud_db, "edge", "reset-instance", edge["id"], "--tenant", "Acme", "--json")["reset"]
+    assert cli(cloud_db, "edge", "reset-instance", edge["id"], "--tenant", "Acme", "--json")["reset"]
     assert _edge(node, edge_id).instance_reset
     assert _admit(node, edge_id, BOX_B).full_sync
-    assert winstar(cloud_db, "edge", "show", "Plant 7", "--json")["instance"] == BOX_B
-    readable = winstar(cloud_db, "edge", "show", "Plant 7").stdout
+    assert cli(cloud_db, "edge", "show", "Plant 7", "--json")["instance"] == BOX_B
+    readable = cli(cloud_db, "edge", "show", "Plant 7").stdout
     assert "instance" in readable and BOX_B in readable
     node.close()
 
@@ -425,7 +425,7 @@ def test_edge_show_and_reset_instance(cloud_db):
     ],
 )
 def test_bad_input_is_one_line(cloud_db, args, message):
-    winstar(cloud_db, "edge", "create", "e1", "--json")
+    cli(cloud_db, "edge", "create", "e1", "--json")
     out = winstar(cloud_db, *args, check=False)
     err = out.stderr.strip()
     assert out.returncode == 1 and out.stdout == ""
@@ -434,7 +434,7 @@ def test_bad_input_is_one_line(cloud_db, args, message):
 
 def test_an_edge_database_is_refused_by_the_cloud_commands(tmp_path):
     db = f"sqlite:///{tmp_path / 'edge.db'}"
-    winstar(db, "init", "edge", "--cloud", "127.0.0.1:7070", "--routing-key", "k", "--secret", "s", "--json")
+    cli(db, "init", "edge", "--cloud", "127.0.0.1:7070", "--routing-key", "k", "--secret", "s", "--json")
     out = winstar(db, "edge", "reset-instance", "e1", check=False)
     assert out.returncode == 1 and "for a cloud node" in out.stderr
 
@@ -442,13 +442,13 @@ def test_an_edge_database_is_refused_by_the_cloud_commands(tmp_path):
 def test_edge_status_shows_the_instance(tmp_path):
     db = f"sqlite:///{tmp_path / 'edge.db'}"
     init = ("init", "edge", "--cloud", "127.0.0.1:7070", "--routing-key", "k", "--secret", "s", "--json")
-    winstar(db, *init)
-    first = winstar(db, "status", "--json")["instance"]
+    winstar(db, *init)  # each init in a process of its own: the place must not depend on the process
+    first = cli(db, "status", "--json")["instance"]
     assert str(uuid.UUID(first)) == first
     winstar(db, *init)  # init again: the same instance
-    assert winstar(db, "status", "--json")["instance"] == first
+    assert cli(db, "status", "--json")["instance"] == first
     node = Node(db)
     with node.db.begin() as s:
         s.execute(sa.text("DELETE FROM node_config WHERE key = 'instance_id'"))
     node.close()
-    assert winstar(db, "status", "--json")["instance"] is None  # status reads, it does not mint
+    assert cli(db, "status", "--json")["instance"] is None  # status reads, it does not mint

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 from e2e_world import _tenant
-from procs import free_port, wait_until, winstar
+from procs import cli, free_port, wait_until, winstar
 
 from winstar_core import metrics
 from winstar_core.errors import WinstarError
@@ -269,14 +269,14 @@ def test_a_bad_address_is_one_line(fresh):
     ],
 )
 def test_run_refuses_a_bad_metrics_address_in_one_line(sqlite_url, metrics_arg, message):
-    winstar(sqlite_url, "init", "cloud")
+    cli(sqlite_url, "init", "cloud")
     out = winstar(sqlite_url, "run", "--listen", "127.0.0.1:0", "--metrics", metrics_arg, check=False)
     err = out.stderr.strip()
     assert out.returncode == 1 and len(err.splitlines()) == 1 and message in err, err
 
 
 def test_run_refuses_a_taken_metrics_port_in_one_line(sqlite_url):
-    winstar(sqlite_url, "init", "cloud")
+    cli(sqlite_url, "init", "cloud")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -303,7 +303,7 @@ def test_cloud_and_edge_processes_serve_their_metrics(world):
     assert f"metrics on http://127.0.0.1:{edge_port}/metrics" in w.edge_proc.output()
     assert "--node-name is for a cloud node; ignored on an edge" in w.edge_proc.output()
 
-    made = winstar(w.edge.url, "entity", "create", "device", "Thermo", "--user", "admin@acme.io", "--json")
+    made = cli(w.edge.url, "entity", "create", "device", "Thermo", "--user", "admin@acme.io", "--json")
     dev_id = uuid.UUID(made["id"])
     dash = w.cloud_do(lambda c: c.create_entity("dashboard", "Overview", _tenant(c), {"title": "v1"}))
     w.cloud_do(lambda c: c.assign(c.find_edge("Plant 7"), c.entities.find_entity("dashboard", "Overview")))

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import signal
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from procs import Proc, free_port, wait_until, winstar
+from procs import Proc, cli, free_port, stop_all, wait_until, winstar
 
 from winstar_core.node import Node
 from winstar_core.store.models import CloudEvent, EdgeEvent, Entity
@@ -29,26 +30,32 @@ class Fleet:
     procs: list[Proc] = field(default_factory=list)
 
     def start_node(self, name: str, *extra: str) -> Proc:
-        proc = Proc(
-            self.cloud.url,
-            self.tmp / f"node-{name}.log",
-            "--listen",
-            f"127.0.0.1:{self.ports[name]}",
-            "--node-name",
-            name,
-            *extra,
-        ).start()
-        self.nodes[name] = proc
-        self.procs.append(proc)
-        wait_until(lambda: name in self.live_nodes(), 30, what=f"node {name} to register")
-        return proc
+        return self.start_nodes(name, extra=extra)[name]
+
+    def start_nodes(self, *names: str, extra: tuple[str, ...] = ()) -> dict[str, Proc]:
+        """Start the nodes ``names`` at once (each process takes seconds to start), then wait for
+        every one of them to register."""
+        for name in names:
+            proc = Proc(
+                self.cloud.url,
+                self.tmp / f"node-{name}.log",
+                "--listen",
+                f"127.0.0.1:{self.ports[name]}",
+                "--node-name",
+                name,
+                *extra,
+            ).start()
+            self.nodes[name] = proc
+            self.procs.append(proc)
+        wait_until(lambda: set(names) <= set(self.live_nodes()), 30, what=f"nodes {names} to register")
+        return {name: self.nodes[name] for name in names}
 
     def live_nodes(self) -> dict[str, int]:
-        return {n["name"]: n["edges"] for n in winstar(self.cloud.url, "cloud", "nodes", "--json")}
+        return {n["name"]: n["edges"] for n in cli(self.cloud.url, "cloud", "nodes", "--json")}
 
     def edge(self, name: str, *node_names: str) -> Node:
         """A new edge `name` of tenant Acme whose database knows the nodes ``node_names``."""
-        made = winstar(self.cloud.url, "edge", "create", name, "--tenant", "Acme", "--json")
+        made = cli(self.cloud.url, "edge", "create", name, "--tenant", "Acme", "--json")
         node = Node(f"sqlite:///{self.tmp / (name + '.db')}")
         addrs = ",".join(f"127.0.0.1:{self.ports[n]}" for n in node_names)
         node.init_edge(addrs, made["routing_key"], made["secret"])
@@ -60,7 +67,7 @@ class Fleet:
         return proc
 
     def serving(self, edge_name: str) -> str | None:
-        rows = winstar(self.cloud.url, "edge", "list", "--json")
+        rows = cli(self.cloud.url, "edge", "list", "--json")
         return next(r["node"] for r in rows if r["name"] == edge_name)
 
 
@@ -73,9 +80,7 @@ def fleet(pg_url, tmp_path):
         c.create_user("admin@acme.io", t, "TENANT_ADMIN")
     f = Fleet(cloud, tmp_path, {n: free_port() for n in ("a", "b", "c")})
     yield f
-    for p in f.procs:
-        if p.alive():
-            p.stop()
+    stop_all(f.procs)
     cloud.close()
 
 
@@ -85,22 +90,21 @@ def _names(node: Node, type_name: str) -> list[str]:
 
 
 def test_an_edge_served_by_one_node_gets_what_is_written_anywhere(fleet):
-    fleet.start_node("a")
-    fleet.start_node("b")
+    fleet.start_nodes("a", "b")
     edge = fleet.edge("Plant 1", "a")
     fleet.run_edge(edge, "edge.log")
     wait_until(lambda: fleet.serving("Plant 1") == "a", 30, what="node a to serve the edge")
     assert fleet.live_nodes() == {"a": 1, "b": 0}
-    status = winstar(fleet.cloud.url, "status", "--json")
+    status = cli(fleet.cloud.url, "status", "--json")
     assert [(e["name"], e["connected"], e["node"]) for e in status["edges"]] == [("Plant 1", True, "a")]
-    # written by a CLI process (no node at all), then a Sync Edge asked the same way: the serving
-    # node runs it
-    winstar(fleet.cloud.url, "entity", "create", "dashboard", "D", "--data", '{"title": "t"}', "--json")
-    winstar(fleet.cloud.url, "edge", "assign", "Plant 1", "dashboard", "D", "--json")
+    # written by the command line (in the test's process: no node at all), then a Sync Edge asked
+    # the same way: the serving node runs it
+    cli(fleet.cloud.url, "entity", "create", "dashboard", "D", "--data", '{"title": "t"}', "--json")
+    cli(fleet.cloud.url, "edge", "assign", "Plant 1", "dashboard", "D", "--json")
     wait_until(lambda: _names(edge, "dashboard") == ["D"], 15, what="the dashboard on the edge")
-    winstar(fleet.cloud.url, "edge", "sync", "Plant 1", "--json")
+    cli(fleet.cloud.url, "edge", "sync", "Plant 1", "--json")
     wait_until(
-        lambda: winstar(fleet.cloud.url, "edge", "show", "Plant 1", "--json")["sync"]["state"] == "done",
+        lambda: cli(fleet.cloud.url, "edge", "show", "Plant 1", "--json")["sync"]["state"] == "done",
         30,
         what="the sync, run by node a",
     )
@@ -111,16 +115,22 @@ def test_an_edge_served_by_one_node_gets_what_is_written_anywhere(fleet):
 
 
 def _drain_backlog(fleet: Fleet, edge: Node) -> None:
-    with fleet.cloud.cloud() as c:
-        t, e = c.find_tenant("Acme"), c.find_edge("Plant 1")
-        for i in range(N):
-            c.assign(e, c.create_entity("asset", f"a{i:05}", t))
-    with fleet.cloud.cloud() as c:
-        for a in c.entities.list_entities("asset")[:300]:
-            c.update_entity(a, data={"label": "v2"})
-    with edge.edge() as ed:
-        for i in range(N):
-            ed.create_entity("device", f"d{i:05}", None, user_email="admin@acme.io")
+    def cloud_side() -> None:
+        with fleet.cloud.cloud() as c:
+            t, e = c.find_tenant("Acme"), c.find_edge("Plant 1")
+            for i in range(N):
+                c.assign(e, c.create_entity("asset", f"a{i:05}", t))
+        with fleet.cloud.cloud() as c:
+            for a in c.entities.list_entities("asset")[:300]:
+                c.update_entity(a, data={"label": "v2"})
+
+    # the two databases are written at once: the cloud's writes mostly wait on PostgreSQL
+    with ThreadPoolExecutor(1) as pool:
+        cloud_written = pool.submit(cloud_side)
+        with edge.edge() as ed:
+            for i in range(N):
+                ed.create_entity("device", f"d{i:05}", None, user_email="admin@acme.io")
+        cloud_written.result()
 
 
 def _statuses(node: Node, model) -> set[str]:
@@ -129,8 +139,7 @@ def _statuses(node: Node, model) -> set[str]:
 
 
 def test_a_node_killed_mid_drain_hands_its_edge_to_another_nothing_lost(fleet):
-    for name in ("a", "b", "c"):
-        fleet.start_node(name, *SLOW)
+    fleet.start_nodes("a", "b", "c", extra=SLOW)
     edge = fleet.edge("Plant 1", "a", "b", "c")
     first = fleet.run_edge(edge, "edge.log", *SLOW)
     wait_until(lambda: fleet.serving("Plant 1") == "a", 30, what="node a to serve the edge")
@@ -173,8 +182,7 @@ def test_a_node_killed_mid_drain_hands_its_edge_to_another_nothing_lost(fleet):
 
 
 def test_one_edge_connecting_to_two_nodes_at_once_has_one_session(fleet):
-    fleet.start_node("a")
-    fleet.start_node("b")
+    fleet.start_nodes("a", "b")
     edge = fleet.edge("Plant 1", "a")
     # the same edge database (one box) run twice, each process told another node
     fleet.run_edge(edge, "edge-a.log", "--cloud", f"127.0.0.1:{fleet.ports['a']}")
@@ -187,24 +195,32 @@ def test_one_edge_connecting_to_two_nodes_at_once_has_one_session(fleet):
     with edge.edge() as ed:
         for i in range(200):
             ed.create_entity("device", f"d{i:03}", None, user_email="admin@acme.io")
-    for _ in range(20):  # whichever session wins, the fleet never shows two
+
+    # whichever session wins, the fleet never shows two: sampled all along, while the two
+    # processes take the edge from each other again and again, until everything is delivered
+    def takeovers() -> int:
+        return sum(p.output().count("(the newest connection wins)") for p in fleet.nodes.values())
+
+    before, samples = takeovers(), []
+
+    def one_session_until_delivered() -> bool:
         live = fleet.live_nodes()
         assert sum(live.values()) <= 1, live
-    wait_until(
-        lambda: (
-            _statuses(fleet.cloud, EdgeEvent) == {"DELIVERED"}
+        samples.append(live)
+        return (
+            len(samples) >= 20
+            and takeovers() >= before + 4
+            and _statuses(fleet.cloud, EdgeEvent) == {"DELIVERED"}
             and _statuses(edge, CloudEvent) == {"DELIVERED"}
-        ),
-        120,
-        what="everything delivered",
-    )
+        )
+
+    wait_until(one_session_until_delivered, 120, what="everything delivered, across four takeovers")
     assert _names(edge, "asset") == [f"a{i:03}" for i in range(200)]
     assert _names(fleet.cloud, "device") == [f"d{i:03}" for i in range(200)]
 
 
 def test_a_restarted_node_leaves_the_other_nodes_edges_alone(fleet):
-    fleet.start_node("a")
-    fleet.start_node("b")
+    fleet.start_nodes("a", "b")
     one, two = fleet.edge("Plant 1", "a"), fleet.edge("Plant 2", "b")
     fleet.run_edge(one, "one.log")
     two_proc = fleet.run_edge(two, "two.log")
@@ -228,12 +244,12 @@ def test_a_restarted_node_leaves_the_other_nodes_edges_alone(fleet):
 
 def test_a_node_name_is_one_live_node_and_a_valid_name(tmp_path):
     db = f"sqlite:///{tmp_path / 'cloud.db'}"
-    winstar(db, "init", "cloud", "--json")
+    cli(db, "init", "cloud", "--json")
     port = free_port()
     first = Proc(db, tmp_path / "x.log", "--listen", f"127.0.0.1:{port}", "--node-name", "x").start()
     try:
         wait_until(
-            lambda: [n["name"] for n in winstar(db, "cloud", "nodes", "--json")] == ["x"], 30, what="node x"
+            lambda: [n["name"] for n in cli(db, "cloud", "nodes", "--json")] == ["x"], 30, what="node x"
         )
         again = winstar(db, "run", "--listen", f"127.0.0.1:{free_port()}", "--node-name", "x", check=False)
         assert again.returncode == 1
@@ -250,4 +266,4 @@ def test_a_node_name_is_one_live_node_and_a_valid_name(tmp_path):
         wait_until(lambda: "cloud node 'x' serving" in first.output(), 30, what="node x again")
     finally:
         first.stop()
-    assert winstar(db, "cloud", "nodes", "--json") == []  # it left cleanly
+    assert cli(db, "cloud", "nodes", "--json") == []  # it left cleanly

@@ -1,6 +1,6 @@
 """Memory stays flat: `python -m bench memory`.
 
-    python -m bench memory [--events 200000] [--entities 100000] [--pg-server URL] [--json]
+    python -m bench memory [--events 200000] [--entities 100000] [--pg-server URL] [--timeline] [--json]
 
 A cloud node (`winstar run --listen`, a process, on a fresh PostgreSQL database) and an edge
 (`winstar run`, a process, on SQLite), over real gRPC on loopback. The resident memory (VmRSS in
@@ -70,14 +70,19 @@ class Sampler:
         self.start_kb = {k: rss_kb(p) for k, p in pids.items()}
         self.peak_kb = dict(self.start_kb)
         self.samples = 0
+        #: (seconds since the start, {name: RSS kB}) every sample (``--timeline``)
+        self.timeline: list[tuple[float, dict[str, int]]] = []
+        self._t0 = time.perf_counter()
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._halt.is_set():
-            for k, p in self.pids.items():
-                self.peak_kb[k] = max(self.peak_kb[k], rss_kb(p))
+            now = {k: rss_kb(p) for k, p in self.pids.items()}
+            for k, kb in now.items():
+                self.peak_kb[k] = max(self.peak_kb[k], kb)
+            self.timeline.append((round(time.perf_counter() - self._t0, 1), now))
             self.samples += 1
             self._halt.wait(SAMPLE_S)
 
@@ -223,6 +228,7 @@ def _sync_phase(
         "bytes": outcome["bytes"],
         "rss": rss,
         "samples": sampler.samples,
+        "timeline_mb": [(t, {k: round(kb / 1024) for k, kb in v.items()}) for t, v in sampler.timeline[::5]],
         "load": round(os.getloadavg()[0], 2),
     }
 
@@ -245,6 +251,11 @@ def report(r: dict[str, Any]) -> None:
         f" {s['state']} ({s['from_edge_start_s']} s from the edge's start; load {s['load']})"
     )
     _rss_lines(s["rss"], s["samples"])
+    if r.get("timeline"):
+        print(
+            "     RSS during the sync (MB, every second): "
+            + ", ".join(f"{t}s {v['cloud']}/{v['edge']}" for t, v in s["timeline_mb"])
+        )
     ok = all(v["under_target"] for ph in (d, s) for v in ph["rss"].values())
     print(f"  target: every process under {r['target_mb']} MB in both phases: {'met' if ok else 'MISSED'}")
 
@@ -264,9 +275,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--events", type=int, default=200_000, help="downlink events drained")
     ap.add_argument("--entities", type=int, default=100_000, help="entities a Sync Edge brings")
     ap.add_argument("--pg-server", default=os.environ.get("WINSTAR_TEST_PG", DEFAULT_PG))
+    ap.add_argument("--timeline", action="store_true", help="print the RSS of both processes during the sync")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     result = run_on_a_new_database(args, "memory", run)
+    result["timeline"] = args.timeline
     if args.json:
         print(json.dumps(result))
     else:

@@ -5,20 +5,27 @@ how the last sync went."""
 
 from __future__ import annotations
 
+import logging
+import uuid
 from typing import Any
 
 import sqlalchemy as sa
 
-from winstar_core.services import digest
+from winstar_core.services import answer_writer, cloud_digest, digest
 from winstar_core.services.cloud_digest import CloudDigest
-from winstar_core.services.constants import SYNC_EVENT_TYPE
+from winstar_core.services.constants import SYNC_EVENT_TYPE, UPDATED, USER_EVENT_TYPE
 from winstar_core.store.models import DELIVERED, FAILED, HELD, PENDING, Edge, EdgeEvent, now_ms
+from winstar_core.store.outbox import OutboxEvent
 from winstar_core.transport.pb import sync_pb2 as pb
+
+log = logging.getLogger("winstar.sync")
 
 #: how long the cloud waits for the edge's answer to a delivered digest before another requested
 #: sync may start (an edge that never answers must not block Sync Edge for ever)
 ANSWER_WAIT_MS = 120_000
 _COUNTS = ("added", "updated", "removed", "unchanged")
+#: how recent the edge's last Sync Edge must be for ``sync_if_due`` to look for an answer cut short
+RECENT_SYNC_MS = 3_600_000
 
 
 class CloudSync(CloudDigest):
@@ -89,7 +96,7 @@ class CloudSync(CloudDigest):
         counted = [e for e in ends if e.counted]
         if counted:
             outcome.update({k: sum(int(getattr(e, k)) for e in counted) for k in _COUNTS})
-        elif ends and ends[-1].events:
+        elif ends and ends[-1].events and not ends[-1].scoped:  # a full sync: it counts its states
             outcome["added"] = sum(int(e.added) for e in ends)
         if running and not failed and not held:
             outcome["state"] = "running"
@@ -117,27 +124,98 @@ class CloudSync(CloudDigest):
 
     def sync_if_due(self, edge: Edge) -> bool:
         """Run the Sync Edge that was requested (a digest sync), unless one is still on its way
-        (it runs once that one is over). Returns whether it ran."""
-        if not edge.sync_requested or self.sync_in_flight(edge):
+        (it runs once that one is over). An answer cut short (its node died between two of its
+        transactions: its progress end is the sync's last event) requests one. Returns whether it
+        ran. Holds the edge's row: an answer written in several transactions checks, under the
+        same lock, that no later sync started before each of them."""
+        recent = (edge.last_sync or 0) > now_ms() - RECENT_SYNC_MS
+        if not edge.sync_requested and recent and not answer_writer.answering(edge.id):
+            last = self.last_sync_events(edge)
+            if last is not None and last.action == digest.SYNC_ACTION:
+                end = pb.SyncEnd.FromString(last.body)
+                if end.scoped and not end.counted and not end.final:
+                    log.info(
+                        "edge %s: Sync Edge %s: its answer was cut short: requested again",
+                        edge.name,
+                        end.digest_id,
+                    )
+                    edge.sync_requested = True
+        if not edge.sync_requested:
+            return False
+        self.session.execute(sa.select(Edge.id).where(Edge.id == edge.id).with_for_update())
+        if self.sync_in_flight(edge):
             return False
         self.run_digest_sync(edge)
         return True
 
+    def _queue_users(self, edge: Edge) -> None:
+        for user in self.tenant_users(edge.tenant_id):
+            body = self.user_info(user).SerializeToString()
+            self.outbox.downlink(
+                edge.id, OutboxEvent(user.tenant_id, USER_EVENT_TYPE, UPDATED, user.id, body)
+            )
+
+    def run_digest_sync(self, edge: Edge) -> int:
+        """Queue a digest sync: the tenant's users, then a ``_sync`` DIGEST event summing up every
+        entity the edge should hold. The edge answers with what differs (:meth:`answer_sync_diff`).
+        Returns the number of events queued."""
+        before = self._queued(edge)
+        uplink_mark = self._uplink_mark(edge)  # read before the entities, as run_sync does
+        self._queue_users(edge)
+        held = self._effective_count(edge)
+        bits = digest.bucket_bits_for(held)
+        counts, hashes = digest.summary(digest.buckets(self._effective_tags(edge), bits))
+        written = self._queued(edge) - before + 1
+        body = pb.SyncDigest(
+            sync_id=str(uuid.uuid4()),
+            bucket_bits=bits,
+            counts=counts,
+            hashes=hashes,
+            uplink_mark=uplink_mark,
+            events=written,
+        )
+        self.outbox.downlink(
+            edge.id,
+            OutboxEvent(
+                edge.tenant_id, SYNC_EVENT_TYPE, digest.DIGEST_ACTION, None, body.SerializeToString()
+            ),
+        )
+        edge.sync_requested = False
+        edge.last_sync = now_ms()  # when it was queued; its outcome: sync_outcome()
+        self.session.flush()
+        log.info(
+            "edge %s: Sync Edge %s: digest of %d entities in %d buckets queued",
+            edge.name,
+            body.sync_id,
+            sum(counts),
+            1 << bits,
+        )
+        return written
+
     def run_sync(self, edge: Edge) -> int:
         """Queue a full sync, the edge's whole state: its users, every effective entity
         (dependencies first), container memberships, then a ``_sync`` event naming every entity
-        the edge should hold, so that it removes the rest. Returns the number of events queued."""
-        before = self._queued(edge)
+        the edge should hold, so that it removes the rest. Returns the number of events queued.
+        One transaction, its events flushed every :data:`~cloud_digest.ANSWER_CHUNK` states."""
+        self.session.execute(sa.select(Edge.id).where(Edge.id == edge.id).with_for_update())
         # read before the entities: what the cloud applied up to here is in the list below, and the
         # edge keeps what it sent after (its ack may reach the edge before this sync does)
         uplink_mark = self._uplink_mark(edge)
+        before, earlier = self._queued(edge), 0
         self._queue_users(edge)
-        entities = self.effective_entities(edge)
-        self._emit_added(edge.id, [e.id for e in entities])
-        self._queue_memberships(edge, [e for e in entities if self.types.get(e.type).container])
-        ids = [str(e.id) for e in entities]
+        ranked = self._ranked(edge, None)
+        full = digest.Answer(edge.id, pb.SyncDigest(), pb.SyncDiff(), 0, 0, {}, 0, bytearray(ranked), set())
+        while not full.done_writing:  # in chunks, flushed: the outbox never holds the whole edge
+            if full.todo:
+                self._write_states(edge, full, cloud_digest.ANSWER_CHUNK)
+            else:
+                self._write_members(edge, full, cloud_digest.ANSWER_CHUNK)
+            earlier += self._queued(edge) - before
+            self.outbox.flush(self.session)
+            before = 0
+        ids = (str(uuid.UUID(bytes=bytes(ranked[i : i + 16]))) for i in range(0, len(ranked), 16))
         written = self._queue_ends(
-            edge, ids, before, uplink_mark=uplink_mark, final=True, added=len(entities)
+            edge, ids, before, earlier, uplink_mark=uplink_mark, final=True, added=len(ranked) // 16
         )
         edge.sync_requested = False
         edge.last_sync = now_ms()  # when it was queued; its outcome: sync_outcome()

@@ -6,13 +6,14 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable
+from typing import cast
 
 import sqlalchemy as sa
 
 from winstar_core.entity_types import shown
 from winstar_core.errors import WinstarError
 from winstar_core.services import digest
-from winstar_core.services.config import set_config
+from winstar_core.services.config import get_config, set_config
 from winstar_core.services.constants import SYNC_EVENT_TYPE
 from winstar_core.services.edge_base import EdgeBase
 from winstar_core.services.ids import chunks
@@ -36,6 +37,23 @@ MISSING_PARTS_SHOWN = 5
 #: LIKE patterns: no wildcard, nothing long
 MAX_SYNC_ID = 36
 SYNC_ID = re.compile(rf"[A-Za-z0-9-]{{1,{MAX_SYNC_ID}}}")
+#: ranges of ids one statement reads (a digest sync's end names up to 2^16 buckets)
+MAX_RANGES = 200
+#: ``node_config`` key of the digest sync under way: its id and how many of its events this edge
+#: refused so far (its answer may come in several transactions, each with its own end)
+DIGEST_RUN = "digest_run"
+
+
+_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _hex_ids(listed: Iterable[str]) -> list[str]:
+    """The ids of a sync's list as 32 hex digits, each checked to be a UUID (the cloud writes
+    them in the canonical form, checked at the cost of a match; any other is read as a UUID)."""
+    return [
+        i.replace("-", "") if _CANONICAL.fullmatch(i) else peer_uuid(i, "an entity id of the sync's list").hex
+        for i in listed
+    ]
 
 
 class EdgeSync(EdgeBase):
@@ -95,7 +113,7 @@ class EdgeSync(EdgeBase):
         ``node_config``) until its last part; with a part missing nothing is removed. A part that
         is not one (an id that is not a UUID, a part number past the count) fails by itself, so
         the last part then fails too and nothing is removed."""
-        ids = [peer_uuid(i, "an entity id of the sync's list") for i in end.entity_ids]
+        ids = _hex_ids(end.entity_ids)
         if end.parts > 1:
             sync_id = end.sync_id
             if not SYNC_ID.fullmatch(sync_id):
@@ -108,7 +126,7 @@ class EdgeSync(EdgeBase):
             if end.part == 0:  # parts of an older sync that never completed: forget them
                 self.session.execute(sa.delete(NodeConfig).where(NodeConfig.key.like("sync:%")))
             if end.part + 1 < end.parts:
-                set_config(self.session, f"{prefix}{end.part}", [str(i) for i in ids])
+                set_config(self.session, f"{prefix}{end.part}", ids)
                 return
             stored = sa.select(NodeConfig.key, NodeConfig.value).where(NodeConfig.key.like(f"{prefix}%"))
             rows: dict[str, list[str]] = {key: value for key, value in self.session.execute(stored)}
@@ -127,18 +145,17 @@ class EdgeSync(EdgeBase):
                     f"Sync Edge incomplete: part(s) {named}{more} of {end.parts}"
                     " never applied here, so nothing was removed; run Sync Edge again"
                 )
-            ids = [uuid.UUID(i) for n in range(end.parts - 1) for i in rows[f"{prefix}{n}"]] + ids
+            ids = [i.replace("-", "") for n in range(end.parts - 1) for i in rows[f"{prefix}{n}"]] + ids
         keep = set(ids)
-        unacked = self._sent_since(end.uplink_mark)
-        held: Iterable[uuid.UUID] = self.session.scalars(sa.select(Entity.id))
-        if end.scoped:  # a digest sync's answer: only the buckets it names
-            if end.bucket_bits > digest.MAX_BUCKET_BITS:
-                raise WinstarError(
-                    f"the sync's buckets of {end.bucket_bits} bits are past {digest.MAX_BUCKET_BITS}"
-                )
-            scope = set(end.buckets)
-            held = (i for i in held if digest.bucket_of(i, end.bucket_bits) in scope)
-        stale = [i for i in held if i not in keep and i not in unacked]
+        del ids
+        stale: list[uuid.UUID] = []
+        if end.scoped and end.bucket_bits > digest.MAX_BUCKET_BITS:
+            raise WinstarError(
+                f"the sync's buckets of {end.bucket_bits} bits are past {digest.MAX_BUCKET_BITS}"
+            )
+        if not end.scoped or end.buckets:  # (a scoped end naming no bucket removes nothing)
+            unacked = {i.hex for i in self._sent_since(end.uplink_mark)}
+            stale = [uuid.UUID(hex=i) for i in self._held_in(end) if i not in keep and i not in unacked]
         for chunk in chunks(stale):
             self.session.execute(
                 sa.delete(EntityMember).where(
@@ -146,9 +163,36 @@ class EdgeSync(EdgeBase):
                 )
             )
             self.session.execute(sa.delete(Entity).where(Entity.id.in_(chunk)))
+        failed = self._sync_failures(end, seq)
+        if end.scoped:  # a digest sync's refusals are summed over its ends (one per transaction)
+            run = get_config(self.session, DIGEST_RUN)
+            if isinstance(run, dict) and run.get("id") == end.digest_id:
+                failed = int(run.get("failed") or 0) + (failed or 0)
+                set_config(self.session, DIGEST_RUN, {"id": end.digest_id, "failed": failed})
         if end.final or not end.scoped:
             set_config(self.session, "last_sync", now_ms())
-            set_config(self.session, "last_sync_failed", self._sync_failures(end, seq))
+            set_config(self.session, "last_sync_failed", failed)
+
+    def _held_in(self, end: pb.SyncEnd) -> list[str]:
+        """The entities this edge holds that ``end`` speaks of, as 32 hex digits (no UUID object
+        each: an edge may hold 100,000): all of them, or for a digest sync's end those in its
+        buckets (read as ranges of ids, not every id of the edge)."""
+        column = cast(sa.Table, Entity.__table__).c.id
+        raw = sa.select(sa.type_coerce(column, sa.String))  # SQLite's text; PostgreSQL's UUID
+        conn = self.session.connection()  # Core rows, no ORM loading
+        if not end.scoped:
+            return [v.hex if isinstance(v, uuid.UUID) else v for v in conn.scalars(raw)]
+        bits = end.bucket_bits
+        ranges = digest.id_ranges(sorted({b for b in end.buckets if b < 1 << bits}), bits)
+        out: list[str] = []
+        for n in range(0, len(ranges), MAX_RANGES):
+            where = [
+                column >= lo if hi is None else sa.and_(column >= lo, column < hi)
+                for lo, hi in ranges[n : n + MAX_RANGES]
+            ]
+            found = conn.scalars(raw.where(sa.or_(*where)))
+            out.extend(v.hex if isinstance(v, uuid.UUID) else v for v in found)
+        return out
 
     def _sent_since(self, uplink_mark: int) -> set[uuid.UUID]:
         """What this edge sent up that a sync cannot name: still pending, or applied by the cloud
@@ -172,12 +216,12 @@ class EdgeSync(EdgeBase):
         differs (one empty part when none does)."""
         digest.check_digest(sent)
         tenant_id = self._require_configured()[1]
+        set_config(self.session, DIGEST_RUN, {"id": sent.sync_id, "failed": 0})
         unacked = self._sent_since(sent.uplink_mark)
-        pairs = [
-            (i, v) for i, v in self.session.execute(sa.select(Entity.id, Entity.version)) if i not in unacked
-        ]
-        members = self.session.execute(sa.select(EntityMember.container_id, EntityMember.member_id))
-        cut = digest.buckets(digest.tags(pairs, [(c, m) for c, m in members]), sent.bucket_bits)
+        members = list(self.session.execute(sa.select(EntityMember.container_id, EntityMember.member_id)))
+        held = self.session.execute(sa.select(Entity.id, Entity.version).execution_options(yield_per=5_000))
+        pairs = ((i, v) for i, v in held if i not in unacked)  # streamed: an edge may hold 100,000
+        cut = digest.buckets(digest.tagged(pairs, [(c, m) for c, m in members]), sent.bucket_bits)
         counts, hashes = digest.summary(cut)
         for part in digest.diff_parts(sent, cut, counts, hashes):
             body = part.SerializeToString()

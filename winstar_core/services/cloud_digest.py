@@ -27,9 +27,9 @@ log = logging.getLogger("winstar.sync")
 
 #: states (or memberships) one transaction of an answer writes. A diff part that differs in more
 #: is answered in several transactions, each committed and closed by a *progress end* (a scoped
-#: ``SyncEnd`` naming no bucket, not counted: the edge removes nothing for it): memory stays flat,
-#: and the first states are on their way while the next are written. Read at call time (tests
-#: lower it).
+#: ``SyncEnd``, not counted: it names no bucket, or once the states are written a group of the
+#: part's buckets and what the edge should hold there): memory stays flat, and the first states
+#: are on their way while the next are written. Read at call time (tests lower it).
 ANSWER_CHUNK = 2_000
 #: ids one ``_sync`` end names at most (the protocol allows 100,000): a long list in bodies of
 #: 400 KB, not 4 MB, which every copy of it on the way (the outbox, the sender, gRPC) allocates

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from winstar_core import hookimpl
+from winstar_core.errors import WinstarError
 from winstar_core.plugin.api import EdgeCreation
 from winstar_core.store.models import Assignment, Entity, EntityMember
 from winstar_core.store.rows import buffer_of, insert_rows, write_queued
@@ -261,3 +262,43 @@ def test_a_name_the_cloud_holds_is_found_by_the_batch_look_up(kit: Kit, db_url: 
     assert kit.apply_uplinks(cloud, edge, batch).ok
     names = sorted(s.name for s in kit.edge_entities(cloud, edge))
     assert names == ["free elsewhere", "it's \\ odd", "taken (Plant)"]
+
+
+class GroupThenRefuseRule:
+    """A rule that assigns group G to the edge and adds the new device to it, then refuses the
+    devices named bad*: their savepoint is rolled back after G's assignment was read."""
+
+    @hookimpl(tryfirst=True)
+    def winstar_edge_entity_created(self, created: EdgeCreation) -> Any:
+        group = created.find_entity("entity_group", "G", scope="device")
+        if group is None:
+            group = created.create_entity("entity_group", "G", {"entity_type": "device"})
+        created.assign(group)
+        created.add_member(group)
+        if created.entity.name.startswith("bad"):
+            raise WinstarError("refused by the rule")
+        created.assign()
+        return "grouped"
+
+
+def test_a_refused_event_leaves_no_stale_answer_for_the_next(kit: Kit, db_url: str, make_platform: Any):
+    """In the pass that applies each event in a savepoint, what a refused event read (G's edges,
+    G itself) is not trusted by the next event: G ends assigned to the second edge too."""
+    platform = make_platform(GroupThenRefuseRule())
+    cloud = kit.cloud("ce", url=db_url, platform=platform)
+    kit.tenant(cloud)
+    e1, e2 = kit.edge(cloud, "E1"), kit.edge(cloud, "E2")
+    dev = _device(platform)
+    assert kit.apply_uplinks(cloud, e1, [kit.events(e1).added("device", "seed", dev)]).ok
+    ev = kit.events(e2)
+    delivery = kit.apply_uplinks(
+        cloud, e2, [ev.added("device", "bad1", dev), ev.added("device", "good2", dev)]
+    )
+    assert [(v.ok, v.error) for v in delivery.verdicts] == [(False, "refused by the rule"), (True, "")]
+    with cloud.db.read() as conn:
+        group = conn.scalar(sa.select(Entity.id).where(Entity.name == "G"))
+        edges = set(conn.scalars(sa.select(Assignment.edge_id).where(Assignment.entity_id == group)))
+    assert edges == {e1.id, e2.id}
+    kinds = [(d.type, d.action) for d in kit.downlinks(cloud, e2)]
+    # E2 learns G (after its members, by the types' order) before any of its memberships
+    assert kinds.index(("entity_group", "ADDED")) < kinds.index(("entity_group", "MEMBER_ADDED"))

@@ -29,11 +29,17 @@ class CloudAssignment(CloudBase):
     ``_no_echo`` (no ``ADDED`` back to the edge that created the entity)."""
 
     def _direct_edges(self, entity_id: uuid.UUID) -> set[uuid.UUID]:
+        """The edges ``entity_id`` is directly assigned to. Kept for the transaction only in a
+        batch's optimistic pass (:attr:`_queue_rows`), which has no partial rollback: in the pass
+        that applies each event in a savepoint, a refused event's rollback would leave an answer
+        that is no longer true."""
         known = self._direct.get(entity_id)
         if known is None:
-            known = self._direct[entity_id] = set(
+            known = set(
                 self.session.scalars(sa.select(Assignment.edge_id).where(Assignment.entity_id == entity_id))
             )
+            if self._queue_rows:
+                self._direct[entity_id] = known
         return set(known)
 
     def _add_link(

@@ -78,6 +78,7 @@ class CloudEntities(CloudAssignment):
                 sa.or_(EntityMember.container_id == entity.id, EntityMember.member_id == entity.id)
             )
         )
+        self._assignment_changes([entity.id])  # read above, before its assignments went
         for edge_id in sorted(edges, key=str):
             self.outbox.downlink(edge_id, OutboxEvent(entity.tenant_id, entity.type, DELETED, entity.id, b""))
         self._emit_removed(before)

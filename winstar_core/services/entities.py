@@ -75,11 +75,8 @@ class EntityStore:
             row = self._named[key]
             if row is None:
                 return None
-            state = sa.inspect(row)
-            if not (state.deleted or state.was_deleted or state.detached) and (
-                row.name,
-                row.name_scope,
-            ) == (name, scope):
+            # persistent: not deleted, and not inserted by a savepoint since rolled back
+            if sa.inspect(row).persistent and (row.name, row.name_scope) == (name, scope):
                 return row
         row = self.session.scalars(
             sa.select(Entity).where(

@@ -201,6 +201,19 @@ def drain(link: InProcess | Processes, sender: Node, model: Any, type_name: str)
     return int(n), max((last or 0) - (first or 0), 1) / 1000, wall_s
 
 
+def _drain_figures(
+    what: str, n: int, seconds: float, wall_s: float, ratio: str, raw: float
+) -> dict[str, Any]:
+    """A drain's figures for ``--json``: ``n`` of ``what`` in ``seconds``, and ``ratio`` to ``raw``."""
+    return {
+        what: n,
+        "seconds": round(seconds, 3),
+        "per_s": round(n / seconds),
+        ratio: round(n / seconds / raw, 3),
+        "wall_s": round(wall_s, 3),
+    }
+
+
 def main() -> None:
     if sys.argv[1:2] in (
         ["fanout"],
@@ -295,13 +308,7 @@ def main() -> None:
         f"  ({wall_s:.2f}s from the edge's start; writing them with their entities took {write_s:.2f}s)"
         f"; {n / down_s / floor:.2f} of the raw floor (target >= 0.5)"
     )
-    result["downlink"] = {
-        "events": n,
-        "seconds": round(down_s, 3),
-        "per_s": round(n / down_s),
-        "ratio_to_raw_floor": round(n / down_s / floor, 3),
-        "wall_s": round(wall_s, 3),
-    }
+    result["downlink"] = _drain_figures("events", n, down_s, wall_s, "ratio_to_raw_floor", floor)
 
     # 2. edge -> cloud drain of devices created offline
     link.stop_edge()
@@ -316,13 +323,7 @@ def main() -> None:
         f"edge -> cloud: {n:,} devices drained in {up_s:.2f}s = {n / up_s:,.0f} devices/s"
         f"  ({wall_s:.2f}s from the edge's start; target >= 8,000)"
     )
-    result["uplink"] = {
-        "devices": n,
-        "seconds": round(up_s, 3),
-        "per_s": round(n / up_s),
-        "ratio_to_raw_cloud": round(n / up_s / raw_cloud, 3),
-        "wall_s": round(wall_s, 3),
-    }
+    result["uplink"] = _drain_figures("devices", n, up_s, wall_s, "ratio_to_raw_cloud", raw_cloud)
 
     # 3. latency: one committed change at a time, cloud commit -> edge commit
     wait_for(lambda: count(cloud, EdgeEvent, status="PENDING") == 0, timeout=300)

@@ -19,9 +19,9 @@ from winstar_core.transport.pb import sync_pb2 as pb
 pytest_plugins = ["winstar_core.testing"]
 
 
-def _world(kit, cloud, n):
-    """Tenant Acme, its admin, edge "e" with ``n`` assets assigned, and the edge database,
-    delivered up to date."""
+def _world(kit, cloud, n, more=None):
+    """Tenant Acme, its admin, edge "e" with ``n`` assets assigned (and what ``more(cloud
+    service, edge row, tenant row)`` adds), and the edge database, delivered up to date."""
     t = kit.tenant(cloud)
     kit.user(cloud, "admin@acme.io", t)
     edge = kit.edge(cloud, "e", t)
@@ -29,6 +29,8 @@ def _world(kit, cloud, n):
         e, tenant = c.find_edge("e"), c.find_tenant(t.id)
         for i in range(n):
             c.assign(e, c.create_entity("asset", f"a{i:04}", tenant))
+        if more is not None:
+            more(c, e, tenant)
     node = kit.edge_node(cloud, edge)
     assert kit.deliver_downlinks(cloud, node).ok
     assert kit.deliver_uplinks(node, cloud).ok  # the cloud adopts this edge database
@@ -345,13 +347,8 @@ def test_over_a_real_link_an_in_sync_edge_is_checked_by_digest(linked):
 def _mixed_world(kit, cloud, assets=25, devices=20, members=9):
     """Edge "e" holding ``assets`` assets, ``devices`` devices, a group of ``members`` of them
     (assigned: its members reach the edge through it) and a dashboard, all delivered."""
-    t = kit.tenant(cloud)
-    kit.user(cloud, "admin@acme.io", t)
-    edge = kit.edge(cloud, "e", t)
-    with cloud.cloud() as c:
-        e, tenant = c.find_edge("e"), c.find_tenant(t.id)
-        for i in range(assets):
-            c.assign(e, c.create_entity("asset", f"a{i:04}", tenant))
+
+    def more(c, e, tenant):
         grouped = [c.create_entity("device", f"d{i:04}", tenant) for i in range(devices)]
         for d in grouped[members:]:
             c.assign(e, d)
@@ -360,10 +357,8 @@ def _mixed_world(kit, cloud, assets=25, devices=20, members=9):
             c.add_member(group, d)
         c.assign(e, group)
         c.assign(e, c.create_entity("dashboard", "board", tenant))
-    node = kit.edge_node(cloud, edge)
-    assert kit.deliver_downlinks(cloud, node).ok
-    assert kit.deliver_uplinks(node, cloud).ok
-    return edge, node
+
+    return _world(kit, cloud, assets, more)
 
 
 def _state(node_or_cloud, edge=None):

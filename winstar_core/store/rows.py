@@ -17,6 +17,7 @@ write them first (:func:`write_queued`)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Sequence
@@ -69,11 +70,18 @@ def write_queued(session: Session) -> int:
     tables, buf.tables = buf.tables, {}  # emptied first: the writes below must not come back here
     conn = session.connection()
     n = 0
-    order = {t: i for i, t in enumerate(next(iter(tables)).metadata.sorted_tables)}
+    order = _write_order(next(iter(tables)).metadata)
     for table, rows in sorted(tables.items(), key=lambda item: order.get(item[0], len(order))):
         insert_rows(conn, table, rows)
         n += len(rows)
     return n
+
+
+@functools.lru_cache(maxsize=4)
+def _write_order(metadata: sa.MetaData) -> dict[sa.Table, int]:
+    """Each table's place, parents first (``sorted_tables`` sorts the whole schema at every
+    call: once is enough, the schema does not change while the process runs)."""
+    return {t: i for i, t in enumerate(metadata.sorted_tables)}
 
 
 def insert_rows(conn: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:

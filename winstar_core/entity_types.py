@@ -175,7 +175,8 @@ class EntityType:
         try:
             loaded = cls.schema_instance().load(given)
         except marshmallow.ValidationError as exc:
-            raise InvalidData(f"invalid {cls.name} data: {_one_line(exc.messages)}") from None
+            messages = exc.messages if isinstance(exc.messages, dict) else None
+            raise InvalidData(f"invalid {cls.name} data: {_one_line(exc.messages)}", messages) from None
         if loaded == given:  # already canonical (a peer's payload, usually): dumping changes nothing
             return given
         return dict(cls.schema_instance().dump(loaded))

@@ -23,7 +23,12 @@ class WrongRole(WinstarError):
 
 
 class InvalidData(WinstarError):
-    pass
+    """Data a type's schema refuses; ``fields``: the schema's messages by field (nested like the
+    data), when it named fields (the console shows each beside its field)."""
+
+    def __init__(self, message: str, fields: object = None) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 class PluginError(WinstarError):

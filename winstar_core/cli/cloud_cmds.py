@@ -7,65 +7,23 @@ from typing import Any
 import click
 
 from winstar_core.cli.api import current_node, emit, node_options
-from winstar_core.services.cloud import CloudService, edge_connected, edge_node_name
-from winstar_core.services.common import event_json, iso
-from winstar_core.services.instances import event_counts, reset_instance
+from winstar_core.services.cloud import CloudService, edge_connected
+from winstar_core.services.common import event_json
+from winstar_core.services.instances import reset_instance
 from winstar_core.services.nodes import nodes_view
+from winstar_core.services.shapes import (
+    customer_json,
+    edge_details,
+    edge_json,
+    role_json,
+    tenant_json,
+    user_json,
+)
 from winstar_core.store.models import (
     EVENT_STATUSES,
-    FAILED,
-    HELD,
-    PENDING,
-    Customer,
-    Edge,
-    Role,
-    Tenant,
-    User,
 )
 
 STATUS = click.Choice([s.lower() for s in EVENT_STATUSES], case_sensitive=False)
-
-
-def tenant_json(t: Tenant) -> dict[str, str]:
-    return {"id": str(t.id), "name": t.name}
-
-
-def customer_json(c: Customer) -> dict[str, str]:
-    return {"id": str(c.id), "name": c.name, "tenant_id": str(c.tenant_id)}
-
-
-def role_json(r: Role) -> dict[str, object]:
-    return {
-        "id": str(r.id),
-        "name": r.name,
-        "tenant_id": str(r.tenant_id),
-        "permissions": list(r.permissions),
-    }
-
-
-def user_json(cloud: CloudService, u: User) -> dict[str, object]:
-    return {
-        "id": str(u.id),
-        "email": u.email,
-        "authority": u.authority,
-        "tenant_id": str(u.tenant_id),
-        "customer_id": str(u.customer_id) if u.customer_id else None,
-        "roles": [r.name for r in cloud.user_roles(u)],
-        "permissions": cloud.user_permissions(u),
-    }
-
-
-def edge_json(e: Edge, pending: int) -> dict[str, object]:
-    return {
-        "id": str(e.id),
-        "name": e.name,
-        "tenant_id": str(e.tenant_id),
-        "customer_id": str(e.customer_id) if e.customer_id else None,
-        "connected": edge_connected(e),
-        "node": edge_node_name(e),
-        "last_seen": iso(e.last_seen),
-        "pending": pending,
-    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -224,30 +182,7 @@ def edge_show(edge_ref: str, tenant_ref: str | None, as_json: bool) -> None:
     """
     with current_node().cloud("winstar edge show") as cloud:
         edge = cloud.find_edge(edge_ref, cloud.find_tenant(tenant_ref) if tenant_ref else None)
-        counts = event_counts(cloud.session, edge)
-        outcome = cloud.sync_outcome(edge)
-        base = edge_json(edge, counts.get(PENDING, 0))
-        value: dict[str, Any] = {
-            **{k: base[k] for k in ("id", "name", "tenant_id", "customer_id", "connected")},
-            "node": base["node"],
-            "instance": edge.instance_id,
-            "conflict": edge.conflict,
-            "last_seen": base["last_seen"],
-            "pending": base["pending"],
-            "failed": counts.get(FAILED, 0),
-            "held": counts.get(HELD, 0),
-            "sync": {
-                "state": outcome["state"],
-                "requested": bool(edge.sync_requested),
-                "finished": iso(outcome["finished"]),
-                # the cloud's counts (a full sync counts only "added"); bytes: what travelled
-                **{k: outcome[k] for k in ("added", "updated", "removed", "unchanged")},
-                # events of the last sync that failed / are held (the edge has not converged)
-                "failed": outcome["failed"],
-                "held": outcome["held"],
-                "bytes": outcome["bytes"],
-            },
-        }
+        value = edge_details(cloud, edge)
     if not as_json:
         value["sync"] = sync_line(value["sync"])
     emit(value, as_json)

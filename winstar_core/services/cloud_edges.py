@@ -16,7 +16,18 @@ from winstar_core.services.ids import parse_uuid
 from winstar_core.services.names import clean_name
 from winstar_core.services.nodes import node_alive
 from winstar_core.services.retention import dismiss
-from winstar_core.store.models import CloudNode, Customer, Edge, EdgeEvent, Tenant, now_ms
+from winstar_core.store.models import (
+    Assignment,
+    CloudNode,
+    Customer,
+    Edge,
+    EdgeEvent,
+    StreamCounter,
+    StreamFailure,
+    StreamMark,
+    Tenant,
+    now_ms,
+)
 from winstar_core.store.outbox import (
     NOTIFY_CHANNEL_DOWNLINK,
     downlink_stream,
@@ -24,6 +35,7 @@ from winstar_core.store.outbox import (
     list_events,
     notify_senders,
     retry_failed,
+    uplink_mark_stream,
 )
 
 
@@ -76,6 +88,30 @@ class CloudEdges(CloudBase):
         self.session.flush()
         ensure_stream(self.session, downlink_stream(edge.id))
         return edge, secret
+
+    def rotate_secret(self, edge: Edge) -> str:
+        """Give ``edge`` a new secret (returned once). The old one opens nothing from now on: the
+        edge's next connection must bring the new one (a link up now runs until it drops)."""
+        secret = secrets.token_urlsafe(24)
+        salt = secrets.token_bytes(16)
+        edge.secret_salt = salt
+        edge.secret_hash = hash_secret(secret, salt)
+        self.session.flush()
+        return secret
+
+    def delete_edge(self, edge: Edge) -> None:
+        """Delete ``edge`` with its assignments, its downlinks and its streams' marks; the entities
+        assigned to it stay. A node serving it drops its link (the edge is unknown from then on)."""
+        edge_id = edge.id
+        self.session.execute(sa.delete(Assignment).where(Assignment.edge_id == edge_id))
+        self.session.execute(sa.delete(EdgeEvent).where(EdgeEvent.edge_id == edge_id))
+        streams = [downlink_stream(edge_id), uplink_mark_stream(edge_id)]
+        for model in (StreamCounter, StreamMark, StreamFailure):
+            self.session.execute(sa.delete(model).where(model.stream.in_(streams)))
+        self._direct.clear()  # what the transaction knew of assignments
+        self.session.delete(edge)
+        self.session.flush()
+        notify_senders(self.session, [edge_id], uplinks=False)
 
     def find_edge(self, ref: str | uuid.UUID, tenant: Tenant | None = None) -> Edge:
         """The edge with id or name ``ref`` (in ``tenant`` if given); a name held in several tenants is

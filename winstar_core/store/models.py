@@ -96,6 +96,41 @@ class User(Base):
     customer_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
     created_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
     updated_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
+    #: cloud: the console password as ``scrypt$N$R$P$SALT$HASH`` (hex), None: no password set
+    #: (services/auth.py); an edge never holds one
+    password: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
+
+
+class ApiToken(Base):
+    """A script's key to the REST API (services/auth.py): only the SHA-256 of the token is kept."""
+
+    __tablename__ = "api_token"
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("app_user.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(255))
+    token_hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32), unique=True)
+    created_time: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
+    last_used: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    revoked_time: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+
+
+class SignInLink(Base):
+    """A one-time sign-in link (`winstar demo --console`): the SHA-256 of its token, until used or expired."""
+
+    __tablename__ = "sign_in_link"
+    token_hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("app_user.id", ondelete="CASCADE"))
+    expires_time: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class SignInThrottle(Base):
+    """Recent failed sign-ins per email (``key``: a hash of the email, known or not), shared by
+    every console process of the cloud."""
+
+    __tablename__ = "sign_in_throttle"
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(sa.Integer, default=0)
+    last_failure: Mapped[int] = mapped_column(sa.BigInteger, default=now_ms)
 
 
 class UserRole(Base):

@@ -1,0 +1,184 @@
+"""The console's process: a Starlette application serving the REST API (``/api/v1``, api.py) and
+the web pages (web.py) on one cloud database, run by uvicorn (`winstar console`).
+
+:class:`Console` is what both halves share: the node, one transaction per request
+(:meth:`Console.ops`), who is asking (a Bearer token, or the browser's signed session cookie),
+and the cookie's CSRF token. Any number of console processes may serve one cloud: everything they
+share (the cookie-signing key, the sign-in throttle, tokens) is in the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import secrets
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+
+from winstar_core.console.ops import Ops, principal
+from winstar_core.errors import WinstarError
+from winstar_core.node import CLOUD, Node
+from winstar_core.services import auth
+from winstar_core.services.cloud import CloudService
+from winstar_core.store.models import User
+
+log = logging.getLogger("winstar.console")
+
+T = TypeVar("T")
+
+COOKIE = "winstar_session"
+#: a browser session lasts this long after sign-in
+SESSION_SECONDS = 12 * 3600
+CSRF_HEADER = "x-csrf-token"
+CSRF_FIELD = "csrf"
+
+
+class Unauthorized(WinstarError):
+    """No credentials, or credentials that name nobody: 401."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request comes from: the user's id, and how they proved it (``"token"``: a Bearer
+    token, ``"cookie"``: the browser's session, with its CSRF token)."""
+
+    user_id: uuid.UUID
+    via: str
+    csrf: str | None = None
+
+
+class Console:
+    """The state of one console process."""
+
+    def __init__(self, node: Node, *, secure_cookies: bool = False) -> None:
+        node.require(CLOUD, "winstar console")
+        self.node = node
+        self.secure_cookies = secure_cookies
+        with node.db.begin() as session:
+            key = auth.console_secret(session)
+        self.signer = URLSafeTimedSerializer(key, salt="winstar-console-session")
+
+    # -- transactions -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def cloud(self) -> Iterator[CloudService]:
+        """One transaction: committed when the block ends, rolled back on any error."""
+        with self.node.db.begin() as session:
+            service = CloudService(session, self.node.platform)
+            yield service
+            service.outbox.flush(session)
+
+    def run(self, request: Request, work: Callable[[Ops], T], *, write: bool = False) -> T:
+        """``work`` for the request's user, in one transaction. A request that changes something
+        and is signed in by cookie must carry the session's CSRF token (:meth:`check_csrf`)."""
+        caller = self.caller(request)
+        if write and caller.via == "cookie":
+            self.check_csrf(request, caller)
+        with self.cloud() as cloud:
+            user = cloud.session.get(User, caller.user_id)
+            if user is None:
+                raise Unauthorized("the user signed in no longer exists: sign in again")
+            return work(Ops(cloud, principal(cloud, user)))
+
+    # -- who is asking -----------------------------------------------------------------------------
+    def caller(self, request: Request) -> Caller:
+        """The request's user: a Bearer token, else the session cookie; :class:`Unauthorized` if
+        neither names a user."""
+        header = request.headers.get("authorization")
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthorized("the Authorization header must be 'Bearer TOKEN'")
+            with self.node.db.begin() as session:
+                user = auth.token_user(session, token.strip())
+                if user is None:
+                    raise Unauthorized("the token is unknown or revoked")
+                return Caller(user.id, "token")
+        found = self.session_of(request)
+        if found is None:
+            raise Unauthorized("sign in first, or send 'Authorization: Bearer TOKEN'")
+        return found
+
+    def session_of(self, request: Request) -> Caller | None:
+        """The browser session the request's cookie proves, None if none (missing, forged,
+        expired, or made with a password since changed)."""
+        raw = request.cookies.get(COOKIE)
+        if not raw or len(raw) > 4096:
+            return None
+        try:
+            data = self.signer.loads(raw, max_age=SESSION_SECONDS)
+            user_id = uuid.UUID(str(data["u"]))
+            mark, csrf = str(data["p"]), str(data["c"])
+        except (BadSignature, KeyError, ValueError, TypeError):
+            return None
+        with self.node.db.read() as conn:
+            password = conn.scalar(sa.select(User.password).where(User.id == user_id))
+        if password is None or not hmac.compare_digest(mark, auth.password_mark(password)):
+            return None
+        return Caller(user_id, "cookie", csrf)
+
+    def check_csrf(self, request: Request, caller: Caller, form_value: str | None = None) -> None:
+        """A state-changing request by cookie must echo the session's CSRF token (header
+        ``X-CSRF-Token``, or the form field ``csrf``): a page of another site cannot read it."""
+        sent = form_value if form_value is not None else request.headers.get(CSRF_HEADER, "")
+        if not caller.csrf or not hmac.compare_digest(str(sent), caller.csrf):
+            raise CsrfRefused("the request lacks this session's CSRF token: reload the page and try again")
+
+    def start_session(self, response: Response, user: User, request: Request) -> str:
+        """Sign ``user``'s browser in: set the session cookie; returns its CSRF token."""
+        csrf = secrets.token_urlsafe(24)
+        value = self.signer.dumps({"u": str(user.id), "p": auth.password_mark(user.password), "c": csrf})
+        response.set_cookie(
+            COOKIE,
+            value,
+            max_age=SESSION_SECONDS,
+            httponly=True,
+            samesite="lax",
+            secure=self.secure_cookies or request.url.scheme == "https",
+            path="/",
+        )
+        return csrf
+
+    def end_session(self, response: Response) -> None:
+        response.delete_cookie(COOKIE, path="/")
+
+
+class CsrfRefused(WinstarError):
+    """A cookie-signed change without the session's CSRF token: 403."""
+
+
+def make_app(node: Node, *, secure_cookies: bool = False) -> Starlette:
+    """The console's ASGI application on ``node`` (a cloud database)."""
+    from winstar_core.console import api, web
+
+    console = Console(node, secure_cookies=secure_cookies)
+    routes = [*api.routes(console), *web.routes(console)]
+    app = Starlette(routes=routes)
+    app.state.console = console
+    return app
+
+
+def serve(node: Node, host: str, port: int, *, ready: Callable[[str], Any] | None = None) -> None:
+    """Serve the console on ``host:port`` until SIGINT/SIGTERM (uvicorn)."""
+    import uvicorn
+
+    app = make_app(node)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    if ready is not None:
+        original = server.startup
+
+        async def startup(sockets: Any = None) -> None:
+            await original(sockets=sockets)
+            ready(f"http://{host}:{port}")
+
+        server.startup = startup  # type: ignore[method-assign]
+    server.run()

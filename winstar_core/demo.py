@@ -55,7 +55,9 @@ def creatable_type(types: EntityTypeRegister) -> str | None:
     return next((t.name for t in types if t.creatable_on_edge), None)
 
 
-def run_demo(keep: bool = False) -> None:
+def run_demo(keep: bool = False, console: str | None = None) -> None:
+    """The tour; with ``console`` (``HOST:PORT``), its CE cloud then keeps running with the edge
+    connected and the web console on that address, until Ctrl-C."""
     folder = Path(tempfile.mkdtemp(prefix="winstar-demo-"))
     runner = LinkRunner()
     started = time.monotonic()
@@ -68,13 +70,52 @@ def run_demo(keep: bool = False) -> None:
         else:
             say("PE: entities created on an edge join its '[Edge] NAME All' group")
             skipped("the PE story", f"the {GROUP_TYPE!r} type and a type creatable on an edge")
+        say(f"Done in {time.monotonic() - started:.1f}s")
+        if console is not None:
+            _serve_console(folder, runner, console)
     finally:
         runner.close()
         if keep:
             click.echo(f"\n(databases kept in {folder})")
         else:
             shutil.rmtree(folder, ignore_errors=True)
-    say(f"Done in {time.monotonic() - started:.1f}s")
+
+
+def _serve_console(folder: Path, runner: LinkRunner, listen: str) -> None:
+    """The CE story's cloud again, serving gRPC with its edge 'Plant 7' connected, and the console
+    on ``listen``: its address and a one-time sign-in link for admin@acme.io are printed; Ctrl-C
+    stops it all."""
+    from winstar_core.console.app import serve
+    from winstar_core.node import check_address
+    from winstar_core.services import auth
+
+    host, _, port = check_address(listen, "--listen", any_port=True).rpartition(":")
+    cloud = Node(f"sqlite:///{folder / 'cloud-ce.db'}")
+    edge = Node(f"sqlite:///{folder / 'edge-ce.db'}", platform=cloud.platform)
+    grpc_port = int(str(get_config_of(edge, "cloud")).rsplit(":", 1)[1])
+    runner.start_cloud(cloud, grpc_port)
+    runner.start_edge(edge)
+    with cloud.cloud() as c:
+        admin = auth.find_user(c.session, "admin@acme.io")
+        link = auth.create_sign_in_link(c.session, admin)
+
+    def ready(url: str) -> None:
+        say("The console: the cloud of the CE story keeps running, with 'Plant 7' connected")
+        click.echo(f"console:  {url}/")
+        click.echo(f"sign in:  {url}/sign-in/link/{link}   (once, within the hour, as admin@acme.io)")
+        click.echo(f"API:      {url}/api/v1/openapi.json")
+        click.echo("Ctrl-C stops the console and the cloud.", nl=True)
+
+    try:
+        serve(cloud, host.strip("[]"), int(port), ready=ready)
+    finally:
+        cloud.close()
+        edge.close()
+
+
+def get_config_of(node: Node, key: str) -> Any:
+    with node.db.begin() as s:
+        return get_config(s, key)
 
 
 def _edge_rows(node: Node) -> list[dict[str, Any]]:

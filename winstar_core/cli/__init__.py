@@ -85,12 +85,12 @@ def _platform() -> Platform:
 
 
 def build_cli(platform: Platform | None = None) -> click.Group:
-    from winstar_core.cli import cloud_cmds, entity_cmds, node_cmds, retention_cmds, run_cmd
+    from winstar_core.cli import cloud_cmds, console_cmds, entity_cmds, node_cmds, retention_cmds, run_cmd
 
     global _PLATFORM
     if platform is not None:
         _PLATFORM = platform
-    for module in (node_cmds, cloud_cmds, entity_cmds, retention_cmds):
+    for module in (node_cmds, cloud_cmds, entity_cmds, retention_cmds, console_cmds):
         for command in module.COMMANDS:
             cli.add_command(command)
     cli.add_command(run_cmd.run)

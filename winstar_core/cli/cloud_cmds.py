@@ -214,6 +214,33 @@ def edge_reset_instance(edge_ref: str, tenant_ref: str | None, as_json: bool) ->
     emit(value, as_json)
 
 
+@edge_group.command("rotate-secret")
+@click.argument("edge_ref", metavar="EDGE")
+@click.option("--tenant", "tenant_ref", help="tenant name or id, when the edge name is ambiguous")
+@node_options
+def edge_rotate_secret(edge_ref: str, tenant_ref: str | None, as_json: bool) -> None:
+    """Give the edge a new secret, shown this once: the old one opens nothing from now on (a link
+    up now runs until it drops; the box then needs `winstar init edge` with the new secret)."""
+    with current_node().cloud("winstar edge rotate-secret") as cloud:
+        edge = cloud.find_edge(edge_ref, cloud.find_tenant(tenant_ref) if tenant_ref else None)
+        secret = cloud.rotate_secret(edge)
+        value = {"id": str(edge.id), "routing_key": edge.routing_key, "secret": secret}
+    emit(value, as_json)
+
+
+@edge_group.command("delete")
+@click.argument("edge_ref", metavar="EDGE")
+@click.option("--tenant", "tenant_ref", help="tenant name or id, when the edge name is ambiguous")
+@node_options
+def edge_delete(edge_ref: str, tenant_ref: str | None, as_json: bool) -> None:
+    """Delete an edge with its assignments and downlinks (its entities stay)."""
+    with current_node().cloud("winstar edge delete") as cloud:
+        edge = cloud.find_edge(edge_ref, cloud.find_tenant(tenant_ref) if tenant_ref else None)
+        edge_id = edge.id
+        cloud.delete_edge(edge)
+    emit({"id": str(edge_id), "deleted": True}, as_json)
+
+
 def _edge_and_entity(cloud: CloudService, edge_ref: str, type_name: str, ref: str, tenant_ref: str | None):  # type: ignore[no-untyped-def]
     tenant = cloud.find_tenant(tenant_ref) if tenant_ref else None
     edge = cloud.find_edge(edge_ref, tenant)

@@ -140,11 +140,24 @@ def plugins_list(ctx: click.Context, as_json: bool) -> None:
 
 @click.command("demo")
 @click.option("--keep", is_flag=True, help="keep the temporary folder and print where it is")
-def demo(keep: bool) -> None:
+@click.option(
+    "--console",
+    "with_console",
+    is_flag=True,
+    help="after the tour, keep its cloud running with the web console on it (Ctrl-C stops it)",
+)
+@click.option(
+    "--listen",
+    default="127.0.0.1:0",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="with --console: where the console listens (port 0: a free one)",
+)
+def demo(keep: bool, with_console: bool, listen: str) -> None:
     """The guided tour on SQLite: a cloud and an edge in temporary folders."""
     from winstar_core.demo import run_demo
 
-    run_demo(keep=keep)
+    run_demo(keep=keep, console=listen if with_console else None)
 
 
 COMMANDS = [init_group, status, plugins_group, demo]

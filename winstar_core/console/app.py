@@ -166,19 +166,38 @@ def make_app(node: Node, *, secure_cookies: bool = False) -> Starlette:
     return app
 
 
-def serve(node: Node, host: str, port: int, *, ready: Callable[[str], Any] | None = None) -> None:
-    """Serve the console on ``host:port`` until SIGINT/SIGTERM (uvicorn)."""
+def serve(
+    node: Node,
+    host: str,
+    port: int,
+    *,
+    secure_cookies: bool = False,
+    ready: Callable[[str], Any] | None = None,
+) -> None:
+    """Serve the console on ``host:port`` (0: a free port) until SIGINT/SIGTERM (uvicorn)."""
+    import socket
+
     import uvicorn
 
-    app = make_app(node)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+    app = make_app(node, secure_cookies=secure_cookies)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise WinstarError(f"cannot serve the console on {host}:{port}: {exc.strerror or exc}") from None
+    bound = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     if ready is not None:
         original = server.startup
 
         async def startup(sockets: Any = None) -> None:
             await original(sockets=sockets)
-            ready(f"http://{host}:{port}")
+            if server.started:
+                ready(f"http://{host if ':' not in host else f'[{host}]'}:{bound}")
 
         server.startup = startup  # type: ignore[method-assign]
-    server.run()
+    server.run(sockets=[sock])

@@ -181,6 +181,7 @@ def _token_hash(token: str) -> bytes:
 
 
 def new_token() -> str:
+    """A fresh token (sign-in links and API tokens alike)."""
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
@@ -216,6 +217,7 @@ def revoke_token(session: Session, ref: str, user: User | None = None) -> ApiTok
 
 
 def user_tokens(session: Session, user: User) -> list[ApiToken]:
+    """``user``'s tokens, oldest first (revoked ones too)."""
     return list(
         session.scalars(
             sa.select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.created_time)

@@ -40,6 +40,7 @@ class Principal:
 
     @property
     def admin(self) -> bool:
+        """Whether the user is a tenant administrator."""
         return self.authority == TENANT_ADMIN
 
     def sees(self, tenant_id: uuid.UUID, customer_id: uuid.UUID | None) -> bool:
@@ -68,6 +69,7 @@ class Principal:
             raise PermissionDenied(f"{self.email} may not {what} ({self.edition.upper()}: needs {need})")
 
     def require_admin(self, what: str) -> None:
+        """:class:`PermissionDenied` unless the user is a tenant administrator."""
         if not self.admin:
             raise PermissionDenied(f"{self.email} may not {what} (needs a tenant administrator)")
 

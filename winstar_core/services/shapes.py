@@ -16,14 +16,17 @@ if TYPE_CHECKING:
 
 
 def tenant_json(t: Tenant) -> dict[str, str]:
+    """A tenant as `winstar tenant create` shows it."""
     return {"id": str(t.id), "name": t.name}
 
 
 def customer_json(c: Customer) -> dict[str, str]:
+    """A customer as `winstar customer create` shows it."""
     return {"id": str(c.id), "name": c.name, "tenant_id": str(c.tenant_id)}
 
 
 def role_json(r: Role) -> dict[str, object]:
+    """A role as `winstar role create` shows it."""
     return {
         "id": str(r.id),
         "name": r.name,
@@ -33,6 +36,7 @@ def role_json(r: Role) -> dict[str, object]:
 
 
 def user_json(cloud: CloudService, u: User) -> dict[str, object]:
+    """A user as `winstar user create` shows it, with their roles and the permissions they grant."""
     return {
         "id": str(u.id),
         "email": u.email,

@@ -715,14 +715,12 @@ class Kit:
         cached = self._clis.get(id(platform))
         if cached is not None and cached[0] is platform:
             return cached[1]
-        from winstar_core.cli import WinstarGroup, cloud_cmds, entity_cmds, node_cmds, retention_cmds, run_cmd
+        from winstar_core.cli import WinstarGroup, core_commands
         from winstar_core.cli import cli as root
 
         group = WinstarGroup(name="winstar", callback=root.callback, params=list(root.params), help=root.help)
-        for module in (node_cmds, cloud_cmds, entity_cmds, retention_cmds):
-            for command in module.COMMANDS:
-                group.add_command(command)
-        group.add_command(run_cmd.run)
+        for command in core_commands():
+            group.add_command(command)
         for impl in platform.hook.winstar_add_commands.get_hookimpls():
             try:
                 impl.function(cli=group)

@@ -84,16 +84,20 @@ def _platform() -> Platform:
     return _PLATFORM
 
 
-def build_cli(platform: Platform | None = None) -> click.Group:
+def core_commands() -> list[click.Command]:
+    """The core's own commands (plugins add theirs through ``winstar_add_commands``)."""
     from winstar_core.cli import cloud_cmds, console_cmds, entity_cmds, node_cmds, retention_cmds, run_cmd
 
+    modules = (node_cmds, cloud_cmds, entity_cmds, retention_cmds, console_cmds)
+    return [command for module in modules for command in module.COMMANDS] + [run_cmd.run]
+
+
+def build_cli(platform: Platform | None = None) -> click.Group:
     global _PLATFORM
     if platform is not None:
         _PLATFORM = platform
-    for module in (node_cmds, cloud_cmds, entity_cmds, retention_cmds, console_cmds):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-    cli.add_command(run_cmd.run)
+    for command in core_commands():
+        cli.add_command(command)
     for impl in _platform().hook.winstar_add_commands.get_hookimpls():
         try:
             impl.function(cli=cli)

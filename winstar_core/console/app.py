@@ -175,6 +175,7 @@ def serve(
     ready: Callable[[str], Any] | None = None,
 ) -> None:
     """Serve the console on ``host:port`` (0: a free port) until SIGINT/SIGTERM (uvicorn)."""
+    import signal
     import socket
 
     import uvicorn
@@ -190,7 +191,16 @@ def serve(
         raise WinstarError(f"cannot serve the console on {host}:{port}: {exc.strerror or exc}") from None
     bound = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # uvicorn's own records the signal and raises it again once shut down (the process
+            # then dies of it); the console, like `winstar run`, ends cleanly with status 0
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True  # a second Ctrl-C: do not wait for open connections
+            self.should_exit = True
+
+    server = Server(config)
     if ready is not None:
         original = server.startup
 

@@ -89,8 +89,9 @@ ENDPOINTS: list[Endpoint] = [
     # entities
     Endpoint("GET", "/types", "the installed entity types and the fields of their schemas",
              lambda o, p, q, b: o.types()),
-    Endpoint("GET", "/entities/{type}", "the entities of a type the caller sees (`entity list`)",
-             lambda o, p, q, b: o.entities(p["type"])),
+    Endpoint("GET", "/entities/{type}", "the entities of a type the caller sees (`entity list`), by name",
+             lambda o, p, q, b: o.entities(p["type"], q.get("limit"), q.get("offset")),
+             query=("limit", "offset")),
     Endpoint("POST", "/entities/{type}", "create an entity (`entity create`)",
              lambda o, p, q, b: o.create_entity(p["type"], b),
              body={"name": "string", "data": "object", "customer": "string (optional)"}, status=201),
@@ -255,6 +256,8 @@ def openapi() -> dict[str, Any]:
                 schema = {"type": "string", "enum": [s.lower() for s in EVENT_STATUSES]}
             elif q in ("limit", "before"):
                 schema = {"type": "integer", "minimum": 1}
+            elif q == "offset":
+                schema = {"type": "integer", "minimum": 0}
             params.append({"name": q, "in": "query", "required": False, "schema": schema})
         op: dict[str, Any] = {
             "summary": e.summary,

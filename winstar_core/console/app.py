@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy.orm import Session
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -79,35 +80,37 @@ class Console:
     def run(self, request: Request, work: Callable[[Ops], T], *, write: bool = False) -> T:
         """``work`` for the request's user, in one transaction. A request that changes something
         and is signed in by cookie must carry the session's CSRF token (:meth:`check_csrf`)."""
-        caller = self.caller(request)
-        if write and caller.via == "cookie":
-            self.check_csrf(request, caller)
         with self.cloud() as cloud:
+            caller = self.caller(request, cloud.session)  # in the same transaction: one round trip less
+            if write and caller.via == "cookie":
+                self.check_csrf(request, caller)
             user = cloud.session.get(User, caller.user_id)
             if user is None:
                 raise Unauthorized("the user signed in no longer exists: sign in again")
             return work(Ops(cloud, principal(cloud, user)))
 
     # -- who is asking -----------------------------------------------------------------------------
-    def caller(self, request: Request) -> Caller:
+    def caller(self, request: Request, session: Session | None = None) -> Caller:
         """The request's user: a Bearer token, else the session cookie; :class:`Unauthorized` if
-        neither names a user."""
+        neither names a user. Read in ``session`` if given, else in a transaction of its own."""
         header = request.headers.get("authorization")
         if header is not None:
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise Unauthorized("the Authorization header must be 'Bearer TOKEN'")
-            with self.node.db.begin() as session:
+            with contextlib.ExitStack() as stack:
+                if session is None:
+                    session = stack.enter_context(self.node.db.begin())
                 user = auth.token_user(session, token.strip())
                 if user is None:
                     raise Unauthorized("the token is unknown or revoked")
                 return Caller(user.id, "token")
-        found = self.session_of(request)
+        found = self.session_of(request, session)
         if found is None:
             raise Unauthorized("sign in first, or send 'Authorization: Bearer TOKEN'")
         return found
 
-    def session_of(self, request: Request) -> Caller | None:
+    def session_of(self, request: Request, session: Session | None = None) -> Caller | None:
         """The browser session the request's cookie proves, None if none (missing, forged,
         expired, or made with a password since changed)."""
         raw = request.cookies.get(COOKIE)
@@ -119,8 +122,12 @@ class Console:
             mark, csrf = str(data["p"]), str(data["c"])
         except (BadSignature, KeyError, ValueError, TypeError):
             return None
-        with self.node.db.read() as conn:
-            password = conn.scalar(sa.select(User.password).where(User.id == user_id))
+        query = sa.select(User.password).where(User.id == user_id)
+        if session is not None:
+            password = session.scalar(query)
+        else:
+            with self.node.db.read() as conn:
+                password = conn.scalar(query)
         if password is None or not hmac.compare_digest(mark, auth.password_mark(password)):
             return None
         return Caller(user_id, "cookie", csrf)

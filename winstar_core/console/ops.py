@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
 
-from winstar_core.errors import NotFound, PermissionDenied, WinstarError
+from winstar_core.errors import NotFound, WinstarError
 from winstar_core.services import auth
 from winstar_core.services.cloud import CloudService, edge_connected
 from winstar_core.services.constants import (
@@ -283,12 +283,19 @@ class Ops:
         from them)."""
         return [type_json(self.cloud, t.name) for t in sorted(self.cloud.types, key=lambda t: t.name)]
 
-    def entities(self, type_name: str) -> list[dict[str, Any]]:
+    def entities(self, type_name: str, limit: Any = None, offset: Any = None) -> list[dict[str, Any]]:
+        """The ``type_name`` entities the user sees, by name (then id): all of them, or a page of
+        at most ``limit`` after skipping ``offset``."""
         self.cloud.types.get(type_name)
         stmt = sa.select(Entity).where(Entity.type == type_name, Entity.tenant_id == self.who.tenant_id)
         if not self.who.admin:
             stmt = stmt.where(Entity.customer_id == self.who.customer_id)
-        return [entity_json(e) for e in self.session.scalars(stmt.order_by(Entity.name))]
+        stmt = stmt.order_by(Entity.name, Entity.id)
+        if limit not in (None, ""):
+            stmt = stmt.limit(check_int(limit, "limit", 1, 10_000))
+        if offset not in (None, ""):
+            stmt = stmt.offset(check_int(offset, "offset", 0))
+        return [entity_json(e) for e in self.session.scalars(stmt)]
 
     def show_entity(self, type_name: str, ref: str) -> dict[str, Any]:
         return entity_json(self.entity(type_name, ref))
@@ -511,7 +518,3 @@ def schema_fields(schema: marshmallow.Schema) -> list[dict[str, Any]]:
             item["fields"] = schema_fields(field.schema)
         out.append(item)
     return out
-
-
-def forbid(message: str) -> None:
-    raise PermissionDenied(message)

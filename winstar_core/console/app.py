@@ -64,8 +64,12 @@ class Console:
         node.require(CLOUD, "winstar console")
         self.node = node
         self.secure_cookies = secure_cookies
-        with node.db.begin() as session:
-            key = auth.console_secret(session)
+        try:
+            with node.db.begin() as session:
+                key = auth.console_secret(session)
+        except sa.exc.IntegrityError:  # another console process made it at the same moment
+            with node.db.begin() as session:
+                key = auth.console_secret(session)
         self.signer = URLSafeTimedSerializer(key, salt="winstar-console-session")
 
     # -- transactions -------------------------------------------------------------------------------
@@ -124,11 +128,12 @@ class Console:
             return None
         query = sa.select(User.password).where(User.id == user_id)
         if session is not None:
-            password = session.scalar(query)
+            row = session.execute(query).first()
         else:
             with self.node.db.read() as conn:
-                password = conn.scalar(query)
-        if password is None or not hmac.compare_digest(mark, auth.password_mark(password)):
+                row = conn.execute(query).first()
+        # a user signed in by a one-time link may have no password: the mark is then of none
+        if row is None or not hmac.compare_digest(mark, auth.password_mark(row.password)):
             return None
         return Caller(user_id, "cookie", csrf)
 

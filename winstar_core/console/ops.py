@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
 
+from winstar_core.entity_types import text_problem
 from winstar_core.errors import NotFound, WinstarError
 from winstar_core.services import auth
 from winstar_core.services.cloud import CloudService, edge_connected
@@ -35,6 +36,8 @@ from winstar_core.services.views import entity_json, event_json, iso
 from winstar_core.store.models import (
     EVENT_STATUSES,
     FAILED,
+    Assignment,
+    CloudNode,
     Customer,
     Edge,
     EdgeEvent,
@@ -75,7 +78,7 @@ def check_int(raw: Any, what: str, low: int = 1, high: int = 2**63 - 1) -> int:
     if isinstance(raw, bool):
         raise WinstarError(f"{what} must be an integer")
     if isinstance(raw, str):
-        if not raw.strip().lstrip("-").isdigit() or len(raw) > 20:
+        if not raw.isascii() or not raw.strip().lstrip("-").isdigit() or len(raw) > 20:
             raise WinstarError(f"{what} must be an integer")
         raw = int(raw)
     if not isinstance(raw, int):
@@ -90,6 +93,9 @@ def check_text(raw: Any, what: str, *, required: bool = True) -> str | None:
         return None
     if not isinstance(raw, str) or (required and not raw):
         raise WinstarError(f"{what} must be a non-empty string" if required else f"{what} must be a string")
+    why = text_problem(raw)
+    if why:  # the database could not even look it up
+        raise WinstarError(f"{what} may not contain {why}")
     return raw
 
 
@@ -113,6 +119,8 @@ class Ops:
     # -- look-ups within the user's sight ---------------------------------------------------------
     def edge(self, ref: str) -> Edge:
         """The edge ``ref`` (id or name) among those the user sees; NotFound otherwise."""
+        if text_problem(ref):  # no name holds it (and PostgreSQL could not even compare it)
+            raise NotFound(f"no edge {ref!r}")
         uid = parse_uuid(ref)
         stmt = sa.select(Edge).where(Edge.tenant_id == self.who.tenant_id)
         stmt = stmt.where(Edge.id == uid if uid else Edge.name == ref)
@@ -124,6 +132,8 @@ class Ops:
     def entity(self, type_name: str, ref: str) -> Entity:
         """The ``type_name`` entity ``ref`` among those the user sees; NotFound otherwise."""
         self.cloud.types.get(type_name)  # an unknown type says so
+        if text_problem(ref):  # no name holds it (and PostgreSQL could not even compare it)
+            raise NotFound(f"no {type_name} {ref!r}")
         try:
             entity = self.cloud.entities.find_entity(type_name, ref, self.who.tenant_id)
         except NotFound:
@@ -153,28 +163,32 @@ class Ops:
         if not self.who.admin:
             stmt = stmt.where(Edge.customer_id == self.who.customer_id)
         edges = list(self.session.scalars(stmt.order_by(Edge.name)))
-        counts = self._status_counts([e.id for e in edges])
+        if not edges:
+            return []
+        # the nodes serving them, read once and held here: edge_json finds each edge's node in
+        # the session (whose identity map holds objects weakly: unheld, each connected edge
+        # cost two SELECTs)
+        nodes = list(self.session.scalars(sa.select(CloudNode)))
+        counts = self._status_counts(stmt.with_only_columns(Edge.id))
         out = []
         for e in edges:
             row = edge_json(e, counts.get((e.id, "PENDING"), 0))
             row["failed"] = counts.get((e.id, FAILED), 0)
             row["last_sync"] = iso(e.last_sync)
             out.append(row)
+        del nodes
         return out
 
-    def _status_counts(self, edge_ids: list[uuid.UUID]) -> dict[tuple[uuid.UUID, str], int]:
-        """PENDING and FAILED downlinks per edge (each status read through its own index)."""
-        if not edge_ids:
-            return {}
+    def _status_counts(self, edge_ids: sa.Select[Any]) -> dict[tuple[uuid.UUID, str], int]:
+        """PENDING and FAILED downlinks per edge of ``edge_ids`` (a query of their ids: one
+        statement whatever their number), each status through its partial index."""
         out: dict[tuple[uuid.UUID, str], int] = {}
         for status in ("PENDING", FAILED):
             stmt = (
                 sa.select(EdgeEvent.edge_id, sa.func.count())
-                .where(EdgeEvent.status == status)
+                .where(EdgeEvent.status == status, EdgeEvent.edge_id.in_(edge_ids))
                 .group_by(EdgeEvent.edge_id)
             )
-            if len(edge_ids) <= 1000:
-                stmt = stmt.where(EdgeEvent.edge_id.in_(edge_ids))
             for edge_id, n in self.session.execute(stmt):
                 out[(edge_id, status)] = int(n)
         return out
@@ -225,7 +239,8 @@ class Ops:
         if before not in (None, ""):
             stmt = stmt.where(EdgeEvent.seq < check_int(before, "before"))
         rows = self.session.scalars(stmt.order_by(EdgeEvent.seq.desc()).limit(limit))
-        return [event_json(ev) for ev in rows]
+        # retried_as: a FAILED event queued again names its copy's seq (it is not retried twice)
+        return [{**event_json(ev), "retried_as": ev.retried_as} for ev in rows]
 
     def downlink(self, ref: str, seq: Any) -> dict[str, Any]:
         """One downlink with its payload, decoded."""
@@ -257,9 +272,14 @@ class Ops:
         return {"edge_id": str(edge.id), "dismissed": len(done), "seqs": done}
 
     def edge_entities(self, ref: str) -> list[dict[str, Any]]:
+        """`edge entities`, each with ``direct``: assigned itself (not only through a container),
+        so it can be unassigned."""
         edge = self.edge(ref)
+        direct = set(
+            self.session.scalars(sa.select(Assignment.entity_id).where(Assignment.edge_id == edge.id))
+        )
         return [
-            {"id": str(e.id), "type": e.type, "name": e.name, "version": e.version}
+            {"id": str(e.id), "type": e.type, "name": e.name, "version": e.version, "direct": e.id in direct}
             for e in self.cloud.effective_entities(edge)
         ]
 
@@ -384,7 +404,7 @@ class Ops:
         roles_raw = body.get("roles", [])
         if not isinstance(roles_raw, list) or not all(isinstance(r, str) for r in roles_raw):
             raise WinstarError("roles must be a list of role names or ids")
-        roles = [self.cloud.find_role(r, tenant) for r in roles_raw]
+        roles = [self.cloud.find_role(str(check_text(r, "a role")), tenant) for r in roles_raw]
         user = self.cloud.create_user(str(email), tenant, str(authority), customer, roles)
         password = body.get("password")
         if password is not None:

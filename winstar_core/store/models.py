@@ -293,6 +293,13 @@ class EdgeEvent(OutboxColumns, Base):
             postgresql_where=sa.text("status = 'HELD'"),
             sqlite_where=sa.text("status = 'HELD'"),
         ),
+        # each edge's FAILED downlinks (the console's edges list counts them)
+        sa.Index(
+            "ix_edge_event_failed",
+            "edge_id",
+            postgresql_where=sa.text("status = 'FAILED'"),
+            sqlite_where=sa.text("status = 'FAILED'"),
+        ),
         # what retention may delete, oldest first (services/retention.py)
         sa.Index(
             "ix_edge_event_prunable",

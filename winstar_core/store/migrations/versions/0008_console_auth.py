@@ -5,6 +5,7 @@ scrypt hash, salt and parameters in one text, never the password), scripts with 
 (``api_token``: a SHA-256 of a 256-bit random token, revocable), a newcomer with a one-time link
 (``sign_in_link``, as `winstar demo --console` prints). ``sign_in_throttle`` counts the recent
 failed sign-ins of an email (the key is a hash of it), shared by every console process.
+``ix_edge_event_failed`` finds each edge's FAILED downlinks (the edges list counts them).
 
 Revision ID: 0008
 Revises: 0007
@@ -23,6 +24,11 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # the console's edges list counts each edge's FAILED downlinks: few rows, a small index
+    where = sa.text("status = 'FAILED'")
+    op.create_index(
+        "ix_edge_event_failed", "edge_event", ["edge_id"], postgresql_where=where, sqlite_where=where
+    )
     with op.batch_alter_table("app_user") as batch:
         batch.add_column(sa.Column("password", sa.String(255), nullable=True))
     op.create_table(
@@ -61,6 +67,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_edge_event_failed", table_name="edge_event")
     op.drop_table("sign_in_throttle")
     op.drop_table("sign_in_link")
     op.drop_index("ix_api_token_user_id", table_name="api_token")

@@ -6,7 +6,8 @@ retry/dismiss of failed downlinks, a customer user who cannot see another custom
 forms refused without the session's CSRF token.
 
 Without a browser or Playwright the tests skip with the reason (with ``CI=true`` they fail). The
-tests write the screenshots of docs/console.md into docs/img/ (1366×768).
+tests take the screenshots of docs/console.md (1366×768), into docs/img/ when run with
+``WINSTAR_SCREENSHOTS=docs``.
 
 One browser and one console (a SQLite cloud seeded as a small fleet) serve the whole module; each
 test has its own browser context (its own cookies) and touches its own rows.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -235,8 +237,16 @@ def rows_of(page: Any) -> list[tuple[int, str]]:
 
 
 def screenshot(page: Any, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / name))
+    """The page as a PNG: into docs/img/ with ``WINSTAR_SCREENSHOTS=docs`` (how the screenshots of
+    docs/console.md are made), else into a temporary folder (a test run leaves the tree clean)."""
+    folder = (
+        SHOTS
+        if os.environ.get("WINSTAR_SCREENSHOTS") == "docs"
+        else Path(tempfile.gettempdir()) / "winstar-shots"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    png = page.screenshot(path=str(folder / name))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # -- tests ----------------------------------------------------------------------------------------------

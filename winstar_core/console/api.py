@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from winstar_core.console.app import Console, CsrfRefused, Unauthorized
 from winstar_core.console.ops import Ops
+from winstar_core.entity_types import MAX_DATA_BYTES
 from winstar_core.errors import Conflict, InvalidData, NotFound, PermissionDenied, WinstarError
 from winstar_core.services.auth import TooManyFailures
 from winstar_core.store.models import EVENT_STATUSES
@@ -27,8 +28,9 @@ from winstar_core.store.models import EVENT_STATUSES
 log = logging.getLogger("winstar.console")
 
 PREFIX = "/api/v1"
-#: the largest request body read (an entity's data is at most 1 MiB as JSON, plus its name)
-MAX_BODY = 2 * 2**20
+#: the largest request body read: an entity's data may hold MAX_DATA_BYTES as compact JSON, and
+#: a client may indent it
+MAX_BODY = 2 * MAX_DATA_BYTES
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ async def read_json(request: Request) -> Any:
     if not raw.strip():
         return None
     try:
-        return json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"), parse_constant=_not_json)
     except UnicodeDecodeError:
         raise WinstarError("the request body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
@@ -188,10 +190,23 @@ async def read_json(request: Request) -> Any:
         raise WinstarError(f"the request body cannot be read: {' '.join(str(exc).split())}") from None
 
 
+def _not_json(constant: str) -> Any:
+    """NaN and Infinity, which Python's json reads but JSON does not have (nor PostgreSQL's JSONB)."""
+    raise ValueError(f"{constant} is not a JSON value")
+
+
 def _handler(console: Console, endpoint: Endpoint) -> Callable[[Request], Any]:
     async def handle(request: Request) -> Response:
         try:
             body = await read_json(request) if endpoint.write else None
+            if isinstance(body, dict) and endpoint.body is not None:
+                unknown_fields = set(body) - set(endpoint.body)
+                if unknown_fields:
+                    raise WinstarError(
+                        f"unknown field {sorted(unknown_fields)[0]!r}: send {', '.join(endpoint.body)}"
+                    )
+            elif body not in (None, {}) and endpoint.body is None:
+                raise WinstarError(f"{endpoint.method} {PREFIX}{endpoint.path} takes no body")
             params = dict(request.path_params)
             query = request.query_params
             unknown = set(query) - set(endpoint.query)

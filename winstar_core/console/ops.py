@@ -105,6 +105,8 @@ def check_seqs(raw: Any) -> list[int] | None:
         return None
     if not isinstance(raw, list) or len(raw) > MAX_SEQS:
         raise WinstarError(f"seqs must be a list of at most {MAX_SEQS} event seqs")
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in raw):
+        raise WinstarError("seqs must be a list of integers")
     return [check_int(s, "each seq") for s in raw]
 
 
@@ -434,7 +436,9 @@ class Ops:
     def create_token(self, name: Any) -> dict[str, Any]:
         user = self.session.get(User, self.who.user_id)
         assert user is not None
-        issued = auth.create_token(self.session, user, check_text(name, "name", required=False))
+        if name is not None:
+            check_text(name, "name")  # given: not empty
+        issued = auth.create_token(self.session, user, name)
         return {"id": str(issued.id), "name": issued.name, "token": issued.token}
 
     def revoke_token(self, ref: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@
     python -m bench fanout [--edges N] ...      (bench/fanout.py: 1,000 edges on two nodes)
     python -m bench failover [--edges N] ...    (bench/failover.py: a node killed during a drain)
     python -m bench uplink-apply ...            (bench/uplink_apply.py: the cloud's apply alone)
+    python -m bench console ...                 (bench/console.py: the console's REST API)
 
 The cloud and the edge run as two `winstar run` processes, as they are deployed (``--in-process``:
 both on one event loop inside the benchmark's process, sharing its interpreter lock). The
@@ -225,6 +226,7 @@ def main() -> None:
         ["memory"],
         ["compaction"],
         ["uplink-apply"],
+        ["console"],
     ):
         from importlib import import_module
 

@@ -14,7 +14,7 @@ from winstar_core.services.nodes import nodes_view
 from winstar_core.services.shapes import (
     customer_json,
     edge_details,
-    edge_json,
+    edges_view,
     role_json,
     tenant_json,
     user_json,
@@ -161,8 +161,7 @@ def edge_create(name: str, tenant_ref: str | None, customer_ref: str | None, as_
 @node_options
 def edge_list(as_json: bool) -> None:
     with current_node().cloud("winstar edge list") as cloud:
-        pending = cloud.pending_counts()
-        value = [edge_json(e, pending.get(e.id, 0)) for e in cloud.list_edges()]
+        value = edges_view(cloud.session)
     emit(value, as_json, ["id", "name", "tenant_id", "connected", "node", "last_seen", "pending"])
 
 

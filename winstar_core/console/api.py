@@ -250,7 +250,7 @@ def _dispatch(console: Console, methods: dict[str, Endpoint]) -> Callable[[Reque
     handlers = {m: _handler(console, e) for m, e in methods.items()}
 
     async def dispatch(request: Request) -> Response:
-        return await handlers[request.method](request)
+        return await handlers[request.method if request.method in handlers else "GET"](request)  # HEAD: GET's
 
     return dispatch
 

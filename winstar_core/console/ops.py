@@ -9,7 +9,6 @@ the transaction commits (nothing changes).
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import marshmallow
@@ -31,13 +30,11 @@ from winstar_core.services.constants import (
 )
 from winstar_core.services.ids import parse_uuid
 from winstar_core.services.rights import EDGE_RESOURCE, Principal
-from winstar_core.services.shapes import customer_json, edge_details, edge_json, user_json
+from winstar_core.services.shapes import customer_json, edge_details, edges_view, user_json
 from winstar_core.services.views import entity_json, event_json, iso
 from winstar_core.store.models import (
     EVENT_STATUSES,
-    FAILED,
     Assignment,
-    CloudNode,
     Customer,
     Edge,
     EdgeEvent,
@@ -161,39 +158,10 @@ class Ops:
     # -- edges ------------------------------------------------------------------------------------
     def edges(self) -> list[dict[str, Any]]:
         """The edges the user sees, by name: `edge list`'s shape plus ``failed`` and ``last_sync``."""
-        stmt = sa.select(Edge).where(Edge.tenant_id == self.who.tenant_id)
+        where = [Edge.tenant_id == self.who.tenant_id]
         if not self.who.admin:
-            stmt = stmt.where(Edge.customer_id == self.who.customer_id)
-        edges = list(self.session.scalars(stmt.order_by(Edge.name)))
-        if not edges:
-            return []
-        # the nodes serving them, read once and held here: edge_json finds each edge's node in
-        # the session (whose identity map holds objects weakly: unheld, each connected edge
-        # cost two SELECTs)
-        nodes = list(self.session.scalars(sa.select(CloudNode)))
-        counts = self._status_counts(stmt.with_only_columns(Edge.id))
-        out = []
-        for e in edges:
-            row = edge_json(e, counts.get((e.id, "PENDING"), 0))
-            row["failed"] = counts.get((e.id, FAILED), 0)
-            row["last_sync"] = iso(e.last_sync)
-            out.append(row)
-        del nodes
-        return out
-
-    def _status_counts(self, edge_ids: sa.Select[Any]) -> dict[tuple[uuid.UUID, str], int]:
-        """PENDING and FAILED downlinks per edge of ``edge_ids`` (a query of their ids: one
-        statement whatever their number), each status through its partial index."""
-        out: dict[tuple[uuid.UUID, str], int] = {}
-        for status in ("PENDING", FAILED):
-            stmt = (
-                sa.select(EdgeEvent.edge_id, sa.func.count())
-                .where(EdgeEvent.status == status, EdgeEvent.edge_id.in_(edge_ids))
-                .group_by(EdgeEvent.edge_id)
-            )
-            for edge_id, n in self.session.execute(stmt):
-                out[(edge_id, status)] = int(n)
-        return out
+            where.append(Edge.customer_id == self.who.customer_id)
+        return edges_view(self.session, where, console=True)
 
     def show_edge(self, ref: str) -> dict[str, Any]:
         return edge_details(self.cloud, self.edge(ref))

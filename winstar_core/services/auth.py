@@ -26,9 +26,11 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from winstar_core.entity_types import text_problem
 from winstar_core.errors import NotFound, WinstarError
 from winstar_core.services.common import get_config, set_config
 from winstar_core.services.ids import parse_uuid
+from winstar_core.store.outbox import _insert_missing
 from winstar_core.store.models import ApiToken, SignInLink, SignInThrottle, User, now_ms
 
 #: scrypt's cost for passwords: 32 MiB and about 0.1 s a check (an edge's secret, which is random,
@@ -153,12 +155,20 @@ def sign_in(session: Session, email: str, password: str) -> User:
     failures for the email are slowed down, :class:`TooManyFailures` before any check."""
     email = email.strip() if isinstance(email, str) else ""
     key = _throttle_key(email)
-    now = now_ms()
-    row = session.get(SignInThrottle, key, with_for_update=session.get_bind().dialect.name == "postgresql")
+    lock = session.get_bind().dialect.name == "postgresql"
+    row = session.get(SignInThrottle, key, with_for_update=lock)
+    if row is None:
+        # made (and locked) before the password is looked at: parallel attempts for one email queue
+        # on it and each is counted, instead of all finding no row and one of them counted
+        _insert_missing(session, SignInThrottle, key=key, failures=0, last_failure=0)
+        row = session.get(SignInThrottle, key, with_for_update=lock, populate_existing=True)
+    now = now_ms()  # once the lock is held: after the attempts queued before this one
     wait = _wait_for(row, now)
     if wait:
         raise TooManyFailures(wait)
-    user = session.scalars(sa.select(User).where(User.email == email)).first() if email else None
+    # a text the database cannot even compare (NUL, a lone surrogate) names nobody: the same answer
+    usable = bool(email) and text_problem(email) is None
+    user = session.scalars(sa.select(User).where(User.email == email)).first() if usable else None
     if check_password(user.password if user is not None else None, password) and user is not None:
         if row is not None:
             session.delete(row)

@@ -4,12 +4,30 @@ details), as `winstar … --json` prints them and the REST API answers them: one
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from winstar_core.services.cloud_edges import edge_connected, edge_node_name
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from winstar_core.services.cloud_edges import edge_node_name
 from winstar_core.services.instances import event_counts
+from winstar_core.services.nodes import node_alive
 from winstar_core.services.views import iso
-from winstar_core.store.models import FAILED, HELD, PENDING, Customer, Edge, Role, Tenant, User
+from winstar_core.store.models import (
+    FAILED,
+    HELD,
+    PENDING,
+    CloudNode,
+    Customer,
+    Edge,
+    EdgeEvent,
+    Role,
+    Tenant,
+    User,
+    now_ms,
+)
 
 if TYPE_CHECKING:
     from winstar_core.services.cloud import CloudService
@@ -48,18 +66,58 @@ def user_json(cloud: CloudService, u: User) -> dict[str, object]:
     }
 
 
-def edge_json(e: Edge, pending: int) -> dict[str, object]:
-    """An edge as `winstar edge list` shows it."""
+def edge_json(e: Any, pending: int, node: str | None = None, *, nodes_known: bool = False) -> dict[str, Any]:
+    """An edge as `winstar edge list` shows it. ``e``: an :class:`Edge`, or a row with its columns
+    (:func:`edges_view`), whose serving node's name is then ``node`` (``nodes_known``)."""
+    if not nodes_known:
+        node = edge_node_name(e)
     return {
         "id": str(e.id),
         "name": e.name,
         "tenant_id": str(e.tenant_id),
         "customer_id": str(e.customer_id) if e.customer_id else None,
-        "connected": edge_connected(e),
-        "node": edge_node_name(e),
+        "connected": node is not None,
+        "node": node,
         "last_seen": iso(e.last_seen),
         "pending": pending,
     }
+
+
+def edges_view(session: Session, where: Iterable[Any] = (), *, console: bool = False) -> list[dict[str, Any]]:
+    """`winstar edge list` (of the edges matching ``where``), by name; for the ``console``, each
+    edge's ``failed`` downlinks and ``last_sync`` too. Read as plain rows, the live nodes and the
+    counts once: a thousand edges in a few statements, no ORM object per edge."""
+    where = list(where)
+    columns = (
+        Edge.id,
+        Edge.name,
+        Edge.tenant_id,
+        Edge.customer_id,
+        Edge.node_id,
+        Edge.last_seen,
+        Edge.last_sync,
+    )
+    rows = session.execute(sa.select(*columns).where(*where).order_by(Edge.name)).all()
+    if not rows:
+        return []
+    now = now_ms()
+    live = {n.id: n.name for n in session.scalars(sa.select(CloudNode)) if node_alive(n, now)}
+    ids = sa.select(Edge.id).where(*where) if where else None
+    counts: dict[tuple[uuid.UUID, str], int] = {}
+    for status in (PENDING, FAILED) if console else (PENDING,):  # each through its partial index
+        stmt = sa.select(EdgeEvent.edge_id, sa.func.count()).where(EdgeEvent.status == status)
+        if ids is not None:
+            stmt = stmt.where(EdgeEvent.edge_id.in_(ids))
+        for edge_id, n in session.execute(stmt.group_by(EdgeEvent.edge_id)):
+            counts[(edge_id, status)] = int(n)
+    out = []
+    for r in rows:
+        item = edge_json(r, counts.get((r.id, PENDING), 0), live.get(r.node_id), nodes_known=True)
+        if console:
+            item["failed"] = counts.get((r.id, FAILED), 0)
+            item["last_sync"] = iso(r.last_sync)
+        out.append(item)
+    return out
 
 
 def edge_details(cloud: CloudService, edge: Edge) -> dict[str, Any]:

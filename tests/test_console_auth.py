@@ -286,6 +286,10 @@ def test_cookie_sessions_need_their_csrf_token_and_end_with_a_new_password(
         r = call("POST", "/tokens", headers, json={"name": "by cookie"})
         assert r.status_code == 403 and "\n" not in r.json()["error"], (headers, r.text)
     assert tokens() == count
+    for bad in ({"name": 5}, {"name": ""}, {"name": ["x"]}, {"nam": "x"}, [1]):
+        r = call("POST", "/tokens", {CSRF_HEADER: csrf}, json=bad)
+        assert r.status_code == 400 and "\n" not in r.json()["error"], (bad, r.text)
+    assert tokens() == count
     made = call("POST", "/tokens", {CSRF_HEADER: csrf}, json={"name": "by cookie"})
     assert made.status_code == 201 and tokens() == count + 1
     assert call("DELETE", f"/tokens/{made.json()['id']}").status_code == 403

@@ -45,6 +45,8 @@ class Endpoint:
     #: the query's parameters
     query: tuple[str, ...] = ()
     status: int = 200
+    #: only for a signed-in browser, not for an API token
+    browser_only: bool = False
 
     @property
     def write(self) -> bool:
@@ -122,7 +124,7 @@ ENDPOINTS: list[Endpoint] = [
              lambda o, p, q, b: o.tokens()),
     Endpoint("POST", "/tokens", "a new API token for the caller, shown this once",
              lambda o, p, q, b: o.create_token(_obj(b, True).get("name")),
-             body={"name": "string (optional)"}, status=201),
+             body={"name": "string (optional)"}, status=201, browser_only=True),
     Endpoint("DELETE", "/tokens/{token}", "revoke one of the caller's tokens",
              lambda o, p, q, b: o.revoke_token(p["token"])),
 ]  # fmt: skip
@@ -217,6 +219,7 @@ def _handler(console: Console, endpoint: Endpoint) -> Callable[[Request], Any]:
                 request,
                 lambda ops: endpoint.work(ops, params, query, body),
                 write=endpoint.write,
+                browser_only=endpoint.browser_only,
             )
         except WinstarError as exc:
             return error_response(exc)

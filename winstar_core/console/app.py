@@ -22,11 +22,13 @@ import sqlalchemy as sa
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy.orm import Session
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from winstar_core.console.ops import Ops, principal
-from winstar_core.errors import WinstarError
+from winstar_core.errors import PermissionDenied, WinstarError
 from winstar_core.node import CLOUD, Node
 from winstar_core.services import auth
 from winstar_core.services.cloud import CloudService
@@ -81,13 +83,21 @@ class Console:
             yield service
             service.outbox.flush(session)
 
-    def run(self, request: Request, work: Callable[[Ops], T], *, write: bool = False) -> T:
+    def run(
+        self, request: Request, work: Callable[[Ops], T], *, write: bool = False, browser_only: bool = False
+    ) -> T:
         """``work`` for the request's user, in one transaction. A request that changes something
-        and is signed in by cookie must carry the session's CSRF token (:meth:`check_csrf`)."""
+        and is signed in by cookie must carry the session's CSRF token (:meth:`check_csrf`);
+        ``browser_only`` work is refused to an API token (a token may not make another: a stolen
+        one would outlive its revocation)."""
         with self.cloud() as cloud:
             caller = self.caller(request, cloud.session)  # in the same transaction: one round trip less
             if write and caller.via == "cookie":
                 self.check_csrf(request, caller)
+            if browser_only and caller.via != "cookie":
+                raise PermissionDenied(
+                    "an API token cannot make tokens: sign in to the console, or run `winstar token create`"
+                )
             user = cloud.session.get(User, caller.user_id)
             if user is None:
                 raise Unauthorized("the user signed in no longer exists: sign in again")
@@ -124,9 +134,11 @@ class Console:
             data = self.signer.loads(raw, max_age=SESSION_SECONDS)
             user_id = uuid.UUID(str(data["u"]))
             mark, csrf = str(data["p"]), str(data["c"])
-        except (BadSignature, KeyError, ValueError, TypeError):
+            generation = int(data.get("g", 0))
+        except (BadSignature, KeyError, ValueError, TypeError, AttributeError):
             return None
-        query = sa.select(User.password).where(User.id == user_id)
+        # the user's password hash, and the generation of their sessions (Sign out moves it on)
+        query = sa.select(User.password, User.session_generation).where(User.id == user_id)
         if session is not None:
             row = session.execute(query).first()
         else:
@@ -135,6 +147,8 @@ class Console:
         # a user signed in by a one-time link may have no password: the mark is then of none
         if row is None or not hmac.compare_digest(mark, auth.password_mark(row.password)):
             return None
+        if generation != (row.session_generation or 0):
+            return None  # signed out since
         return Caller(user_id, "cookie", csrf)
 
     def check_csrf(self, request: Request, caller: Caller, form_value: str | None = None) -> None:
@@ -147,7 +161,10 @@ class Console:
     def start_session(self, response: Response, user: User, request: Request) -> str:
         """Sign ``user``'s browser in: set the session cookie; returns its CSRF token."""
         csrf = secrets.token_urlsafe(24)
-        value = self.signer.dumps({"u": str(user.id), "p": auth.password_mark(user.password), "c": csrf})
+        generation = user.session_generation or 0
+        value = self.signer.dumps(
+            {"u": str(user.id), "p": auth.password_mark(user.password), "c": csrf, "g": generation}
+        )
         response.set_cookie(
             COOKIE,
             value,
@@ -159,8 +176,45 @@ class Console:
         )
         return csrf
 
-    def end_session(self, response: Response) -> None:
+    def end_session(self, response: Response, caller: Caller | None = None) -> None:
+        """Sign the browser out; with the ``caller`` of a valid session, every session of theirs
+        ends on the server too (a copy of the cookie opens nothing after Sign out)."""
+        if caller is not None:
+            with self.node.db.begin() as session:
+                auth.end_sessions(session, caller.user_id)
         response.delete_cookie(COOKIE, path="/")
+
+
+class SecurityHeaders:
+    """Headers every answer carries: never framed (clickjacking), never read as another type than
+    it says, and not cached unless it is a static file (answers may hold secrets)."""
+
+    HEADERS = (
+        (b"x-frame-options", b"DENY"),
+        (b"content-security-policy", b"frame-ancestors 'none'"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"same-origin"),
+    )
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = str(scope.get("path", "")).startswith("/static/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                extra = [*self.HEADERS, *(() if static else ((b"cache-control", b"no-store"),))]
+                headers += [(name, value) for name, value in extra if name not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class CsrfRefused(WinstarError):
@@ -173,7 +227,7 @@ def make_app(node: Node, *, secure_cookies: bool = False) -> Starlette:
 
     console = Console(node, secure_cookies=secure_cookies)
     routes = [*api.routes(console), *web.routes(console)]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
     app.state.console = console
     return app
 

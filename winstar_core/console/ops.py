@@ -221,7 +221,17 @@ class Ops:
         ).first()
         if ev is None:
             raise NotFound(f"edge {edge.name!r} has no downlink {seq}")
-        return {**event_json(ev), "retried_as": ev.retried_as, "payload": event_payload(self.cloud, ev)}
+        payload = event_payload(self.cloud, ev)
+        # every user of the tenant goes to each of its edges; a customer user reads only the users
+        # of their own customer (the users list is a tenant administrator's)
+        if (
+            ev.type == USER_EVENT_TYPE
+            and not self.who.admin
+            and isinstance(payload, dict)
+            and payload.get("customer_id") != str(self.who.customer_id)
+        ):
+            payload = {"withheld": "a user of another customer, or of the tenant"}
+        return {**event_json(ev), "retried_as": ev.retried_as, "payload": payload}
 
     def sync(self, ref: str) -> dict[str, Any]:
         self._write(EDGE_RESOURCE, "sync edges")

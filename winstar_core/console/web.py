@@ -13,7 +13,11 @@ concern, and what the user typed.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import json
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +50,10 @@ FLASH = "winstar_flash"
 FLASH_SECONDS = 120
 #: the cookie that pairs the sign-in form with its browser (against login CSRF)
 SIGN_IN_COOKIE = "winstar_sign_in"
+#: the largest form read (an entity's data is at most 1 MiB as JSON, percent-encoded in a form);
+#: the sign-in and sign-out forms hold a few short fields
+MAX_FORM = 4 * 2**20
+MAX_SMALL_FORM = 64 * 2**10
 #: downlinks on one page of the Downlinks tab
 PAGE = DEFAULT_PAGE
 #: schema fields shown as columns of an entity list
@@ -138,6 +146,9 @@ class Web:
             type_url=lambda t: "/entities/" + quote(str(t), safe=""),
         )
         self.flash_signer = URLSafeTimedSerializer(console.signer.secret_key, salt="winstar-console-flash")
+        key = console.signer.secret_key
+        key_bytes = key if isinstance(key, bytes) else str(key).encode()
+        self.flash_key = hashlib.sha256(b"winstar-console-flash-sealing\0" + key_bytes).digest()
 
     # -- the frame of every page ------------------------------------------------------------------
     def page(
@@ -171,9 +182,11 @@ class Web:
         return response
 
     def set_flash(self, response: Response, flash: dict[str, Any]) -> None:
+        """The one-time message of the next page, sealed: it may carry a new token or an edge's
+        secret, which must not travel readable in a Cookie header (proxies and logs keep those)."""
         response.set_cookie(
             FLASH,
-            self.flash_signer.dumps(flash),
+            self.flash_signer.dumps(seal(self.flash_key, json.dumps(flash).encode())),
             max_age=FLASH_SECONDS,
             httponly=True,
             samesite="strict",
@@ -186,8 +199,9 @@ class Web:
         if not raw:
             return None
         try:
-            value = self.flash_signer.loads(raw, max_age=FLASH_SECONDS)
-        except BadSignature:
+            sealed = self.flash_signer.loads(raw, max_age=FLASH_SECONDS)
+            value = json.loads(unseal(self.flash_key, str(sealed)))
+        except (BadSignature, ValueError, TypeError):
             return None
         return value if isinstance(value, dict) else None
 
@@ -211,14 +225,17 @@ class Web:
             caller = await run_in_threadpool(self.console.session_of, request)
             if caller is None:
                 if fragment:
-                    return Response("sign in again", status_code=401)
+                    return Response("sign in again", status_code=401, media_type="text/plain")
                 if request.method != "GET":
                     return RedirectResponse("/sign-in", status_code=303)
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse("/sign-in?" + urlencode({"next": target}), status_code=303)
             form = None
             if request.method == "POST":
-                form = await request.form(max_files=0, max_fields=2000)
+                try:
+                    form = await read_form(request, MAX_FORM, max_fields=2000)
+                except FormTooLarge as exc:
+                    return await run_in_threadpool(self.error_page, request, caller, exc, 413)
                 token = form.get("csrf")
                 try:
                     self.console.check_csrf(request, caller, token if isinstance(token, str) else "")
@@ -230,7 +247,7 @@ class Web:
                 return RedirectResponse("/sign-in", status_code=303)
             except WinstarError as exc:
                 if fragment:
-                    return Response(one_line(exc), status_code=status_of(exc))
+                    return Response(one_line(exc), status_code=status_of(exc), media_type="text/plain")
                 return await run_in_threadpool(self.error_page, request, caller, exc, status_of(exc))
 
         return endpoint
@@ -260,7 +277,10 @@ class Web:
         return response
 
     async def sign_in(self, request: Request) -> Response:
-        form = await request.form(max_files=0, max_fields=20)
+        try:
+            form = await read_form(request, MAX_SMALL_FORM, max_fields=20)
+        except FormTooLarge as exc:
+            return Response(one_line(exc), status_code=413, media_type="text/plain")
         email = str(form.get("email") or "").strip()
         password = str(form.get("password") or "")
         target = safe_next(str(form.get("next") or ""))
@@ -309,13 +329,16 @@ class Web:
         caller = await run_in_threadpool(self.console.session_of, request)
         response = RedirectResponse("/sign-in", status_code=303)
         if caller is not None:
-            form = await request.form(max_files=0, max_fields=20)
+            try:
+                form = await read_form(request, MAX_SMALL_FORM, max_fields=20)
+            except FormTooLarge as exc:
+                return Response(one_line(exc), status_code=413, media_type="text/plain")
             token = form.get("csrf")
             try:
                 self.console.check_csrf(request, caller, token if isinstance(token, str) else "")
             except CsrfRefused as exc:
                 return await run_in_threadpool(self.error_page, request, caller, exc, 403)
-        self.console.end_session(response)
+        await run_in_threadpool(self.console.end_session, response, caller)
         return response
 
     async def not_found(self, request: Request) -> Response:
@@ -699,6 +722,56 @@ def revoke_token(ctx: Ctx) -> Response:
 
 
 # -- helpers -------------------------------------------------------------------------------------------
+class FormTooLarge(WinstarError):
+    """A posted form larger than its page takes: refused before it is read (413)."""
+
+
+async def read_form(request: Request, max_bytes: int, *, max_fields: int) -> FormData:
+    """The posted form, at most ``max_bytes`` of body (else :class:`FormTooLarge`, whether the
+    Content-Length says so or the body turns out longer), without files."""
+    too_large = FormTooLarge(f"the form may be at most {max_bytes:,} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
+        raise too_large
+    seen = 0
+
+    async def receive() -> Any:
+        nonlocal seen
+        message = await request.receive()
+        if message.get("type") == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > max_bytes:
+                raise too_large
+        return message
+
+    return await Request(request.scope, receive).form(max_files=0, max_fields=max_fields)
+
+
+def _keystream(key: bytes, nonce: bytes, size: int) -> bytes:
+    out = bytearray()
+    block = 0
+    while len(out) < size:
+        out += hashlib.blake2b(nonce + block.to_bytes(8, "big"), key=key, digest_size=64).digest()
+        block += 1
+    return bytes(out[:size])
+
+
+def seal(key: bytes, plain: bytes) -> str:
+    """``plain`` enciphered (BLAKE2b keyed, in counter mode, under a fresh nonce); the flash
+    signer authenticates the result."""
+    nonce = secrets.token_bytes(16)
+    body = bytes(a ^ b for a, b in zip(plain, _keystream(key, nonce, len(plain)), strict=True))
+    return base64.urlsafe_b64encode(nonce + body).decode("ascii")
+
+
+def unseal(key: bytes, sealed: str) -> bytes:
+    raw = base64.urlsafe_b64decode(sealed.encode("ascii"))
+    nonce, body = raw[:16], raw[16:]
+    if len(nonce) != 16:
+        raise ValueError("not a sealed value")
+    return bytes(a ^ b for a, b in zip(body, _keystream(key, nonce, len(body)), strict=True))
+
+
 def customer_names(ops: Ops) -> dict[str, str]:
     return {c["id"]: c["name"] for c in ops.customers()}
 

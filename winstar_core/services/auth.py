@@ -30,8 +30,8 @@ from winstar_core.entity_types import text_problem
 from winstar_core.errors import NotFound, WinstarError
 from winstar_core.services.common import get_config, set_config
 from winstar_core.services.ids import parse_uuid
-from winstar_core.store.outbox import _insert_missing
 from winstar_core.store.models import ApiToken, SignInLink, SignInThrottle, User, now_ms
+from winstar_core.store.outbox import _insert_missing
 
 #: scrypt's cost for passwords: 32 MiB and about 0.1 s a check (an edge's secret, which is random,
 #: uses 2**14; a password chosen by a person deserves more)
@@ -133,6 +133,18 @@ def password_mark(password_hash: str | None) -> str:
     """A short fingerprint of a user's password hash: a session cookie carries it, so that a new
     password ends the sessions of the old one."""
     return hashlib.sha256((password_hash or "").encode()).hexdigest()[:16]
+
+
+def end_sessions(session: Session, user_id: uuid.UUID) -> None:
+    """Sign out every browser session of ``user_id`` (Sign out): a session cookie names the
+    generation it was made in (``app_user.session_generation``), so a copy of one kept somewhere
+    opens nothing from now on, in every console process."""
+    session.execute(
+        sa.update(User)
+        .where(User.id == user_id)
+        .values(session_generation=User.session_generation + 1)
+        .execution_options(synchronize_session=False)
+    )
 
 
 # -- the throttle ----------------------------------------------------------------------------------

@@ -99,6 +99,9 @@ class User(Base):
     #: cloud: the console password as ``scrypt$N$R$P$SALT$HASH`` (hex), None: no password set
     #: (services/auth.py); an edge never holds one
     password: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
+    #: cloud: a console session cookie names the generation it was made in and is good while it
+    #: is current; Sign out moves it on (services/auth.py)
+    session_generation: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
 
 
 class ApiToken(Base):

@@ -1,7 +1,8 @@
 """console: users' passwords, API tokens, one-time sign-in links, the sign-in throttle
 
 The console (winstar_core/console) signs users in with a password (``app_user.password``: the
-scrypt hash, salt and parameters in one text, never the password), scripts with API tokens
+scrypt hash, salt and parameters in one text, never the password; ``session_generation``: a session
+cookie is good while it names the current one, Sign out moves it on), scripts with API tokens
 (``api_token``: a SHA-256 of a 256-bit random token, revocable), a newcomer with a one-time link
 (``sign_in_link``, as `winstar demo --console` prints). ``sign_in_throttle`` counts the recent
 failed sign-ins of an email (the key is a hash of it), shared by every console process.
@@ -31,6 +32,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("app_user") as batch:
         batch.add_column(sa.Column("password", sa.String(255), nullable=True))
+        batch.add_column(sa.Column("session_generation", sa.Integer(), nullable=False, server_default="0"))
     op.create_table(
         "api_token",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -73,4 +75,5 @@ def downgrade() -> None:
     op.drop_index("ix_api_token_user_id", table_name="api_token")
     op.drop_table("api_token")
     with op.batch_alter_table("app_user") as batch:
+        batch.drop_column("session_generation")
         batch.drop_column("password")

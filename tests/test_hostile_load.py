@@ -30,6 +30,9 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+OK_REFUSALS = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
 def test_forty_fifteen_megabyte_hellos_before_authentication_cost_the_cloud_no_memory(
     pg_url, platform, tmp_path
 ):
@@ -66,10 +69,16 @@ def test_forty_fifteen_megabyte_hellos_before_authentication_cost_the_cloud_no_m
         sampler.join()
         for call in calls:
             call.close()
-        assert {code for code, _ in outcomes} <= {
-            grpc.StatusCode.UNAUTHENTICATED,
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-        }, outcomes
+        # each call refused: by the authentication (or its throttle), or, while the cloud's
+        # transport holds 40 streams of 15 MB in flight, by HTTP/2 itself before the cloud read a
+        # byte of it (RST_STREAM REFUSED_STREAM, code 7: gRPC reports it UNAVAILABLE)
+        unexpected = [
+            (code, details)
+            for code, details in outcomes
+            if code not in OK_REFUSALS
+            and not (code == grpc.StatusCode.UNAVAILABLE and "RST_STREAM with error code 7" in details)
+        ]
+        assert not unexpected, unexpected
         after = _rss_mb(proc.p.pid)
         print(f"cloud RSS: {before:.0f} MB before, {peak[0]:.0f} MB at most, {after:.0f} MB after")
         # 40 x 15 MB = 600 MB were offered; the cloud read none of it

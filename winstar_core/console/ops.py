@@ -164,7 +164,9 @@ class Ops:
         return edges_view(self.session, where, console=True)
 
     def show_edge(self, ref: str) -> dict[str, Any]:
-        return edge_details(self.cloud, self.edge(ref))
+        """`edge show`, plus the edge's ``routing_key`` (the Edge details page shows it)."""
+        edge = self.edge(ref)
+        return {**edge_details(self.cloud, edge), "routing_key": edge.routing_key}
 
     def create_edge(self, name: Any, customer_ref: Any = None) -> dict[str, Any]:
         """A new edge; its secret is in the answer, this once."""

@@ -129,7 +129,6 @@ def edge_details(cloud: CloudService, edge: Edge) -> dict[str, Any]:
     return {
         **{k: base[k] for k in ("id", "name", "tenant_id", "customer_id", "connected")},
         "node": base["node"],
-        "routing_key": edge.routing_key,
         "instance": edge.instance_id,
         "conflict": edge.conflict,
         "last_seen": base["last_seen"],

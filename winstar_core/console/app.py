@@ -241,12 +241,18 @@ def serve(
     ready: Callable[[str], Any] | None = None,
 ) -> None:
     """Serve the console on ``host:port`` (0: a free port) until SIGINT/SIGTERM (uvicorn)."""
+    import gc
     import signal
     import socket
 
     import uvicorn
 
     app = make_app(node, secure_cookies=secure_cookies)
+    # what start-up made (modules, the plugins, SQLAlchemy's mappers) lives as long as the process:
+    # kept out of the collector's full passes, which a thousand edges' answer would otherwise
+    # trigger over it (a p95 of twice the p50)
+    gc.collect()
+    gc.freeze()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP named: asyncio sets TCP_NODELAY on accepted connections only for such a socket
     # (else a response's second write waits for the client's delayed ACK: 40 ms a request)

@@ -45,6 +45,9 @@ def test_winstar_console_serves_the_api_with_a_cli_token_and_stops_on_sigterm(tm
     cli(db, "edge", "create", "Plant 7")
     token = cli(db, "token", "create", "admin@acme.io", "--name", "script", "--json")
     assert set(token) == {"id", "name", "token"} and token["name"] == "script"
+    listed = cli(db, "token", "list", "admin@acme.io", "--json")
+    assert [(t["id"], t["name"], t["revoked"]) for t in listed] == [(token["id"], "script", False)]
+    assert token["token"] not in str(listed)
     port = free_port()
     proc = _console(db, port, tmp_path / "console.log")
     url = f"http://127.0.0.1:{port}"

@@ -10,6 +10,7 @@ from winstar_core.cli.api import current_node, emit, node_options
 from winstar_core.cli.cloud_cmds import user_group
 from winstar_core.node import CLOUD, check_address
 from winstar_core.services import auth
+from winstar_core.services.shapes import token_json
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 
@@ -88,20 +89,9 @@ def token_create(email: str, name: str | None, as_json: bool) -> None:
 @node_options
 def token_list(email: str, as_json: bool) -> None:
     """The user's tokens (never the tokens themselves)."""
-    from winstar_core.services.views import iso
-
     with current_node().cloud("winstar token list") as cloud:
         user = auth.find_user(cloud.session, email)
-        value = [
-            {
-                "id": str(t.id),
-                "name": t.name,
-                "created_time": iso(t.created_time),
-                "last_used": iso(t.last_used),
-                "revoked": t.revoked_time is not None,
-            }
-            for t in auth.user_tokens(cloud.session, user)
-        ]
+        value = [token_json(t) for t in auth.user_tokens(cloud.session, user)]
     emit(value, as_json, ["id", "name", "created_time", "last_used", "revoked"])
 
 

@@ -30,8 +30,8 @@ from winstar_core.services.constants import (
 )
 from winstar_core.services.ids import parse_uuid
 from winstar_core.services.rights import EDGE_RESOURCE, Principal
-from winstar_core.services.shapes import customer_json, edge_details, edges_view, user_json
-from winstar_core.services.views import entity_json, event_json, iso
+from winstar_core.services.shapes import customer_json, edge_details, edges_view, token_json, user_json
+from winstar_core.services.views import entity_json, event_json
 from winstar_core.store.models import (
     EVENT_STATUSES,
     Assignment,
@@ -402,16 +402,7 @@ class Ops:
     def tokens(self) -> list[dict[str, Any]]:
         user = self.session.get(User, self.who.user_id)
         assert user is not None
-        return [
-            {
-                "id": str(t.id),
-                "name": t.name,
-                "created_time": iso(t.created_time),
-                "last_used": iso(t.last_used),
-                "revoked": t.revoked_time is not None,
-            }
-            for t in auth.user_tokens(self.session, user)
-        ]
+        return [token_json(t) for t in auth.user_tokens(self.session, user)]
 
     def create_token(self, name: Any) -> dict[str, Any]:
         user = self.session.get(User, self.who.user_id)

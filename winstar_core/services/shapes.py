@@ -19,6 +19,7 @@ from winstar_core.store.models import (
     FAILED,
     HELD,
     PENDING,
+    ApiToken,
     CloudNode,
     Customer,
     Edge,
@@ -63,6 +64,17 @@ def user_json(cloud: CloudService, u: User) -> dict[str, object]:
         "customer_id": str(u.customer_id) if u.customer_id else None,
         "roles": [r.name for r in cloud.user_roles(u)],
         "permissions": cloud.user_permissions(u),
+    }
+
+
+def token_json(t: ApiToken) -> dict[str, Any]:
+    """An API token as `winstar token list` shows it (never the token itself)."""
+    return {
+        "id": str(t.id),
+        "name": t.name,
+        "created_time": iso(t.created_time),
+        "last_used": iso(t.last_used),
+        "revoked": t.revoked_time is not None,
     }
 
 

@@ -166,6 +166,24 @@ def test_failed_sign_ins_are_slowed_down_for_every_console_process(
     assert isinstance(attempt(cloud_node, ADMIN, PASSWORD), User)  # one failure after a reset is free
 
 
+def test_counts_past_their_window_are_pruned(
+    cloud_node: Node, scrypt_calls: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Emails sprayed at the sign-in form leave a row each; a new row now and then (here: every
+    one) deletes those whose window is over, and keeps the live ones."""
+    make_admin(cloud_node)
+    for i in range(3):
+        attempt(cloud_node, f"sprayed{i}@nowhere.test", "guess one")
+    real_now = auth.now_ms
+    monkeypatch.setattr(auth, "now_ms", lambda: real_now() + auth.FAILURE_WINDOW_MS + 60_000)
+    attempt(cloud_node, "fresh@nowhere.test", "guess two")  # its window is live
+    monkeypatch.setattr(auth, "PRUNE_EVERY", 1)
+    attempt(cloud_node, "another@nowhere.test", "guess three")
+    with cloud_node.db.begin() as s:
+        keys = set(s.scalars(sa.select(SignInThrottle.key)))
+    assert keys == {auth._throttle_key("fresh@nowhere.test"), auth._throttle_key("another@nowhere.test")}
+
+
 # --------------------------------------------------------------------------------------------------
 # API tokens and sign-in links
 # --------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 the web pages (web.py) on one cloud database, run by uvicorn (`winstar console`).
 
 :class:`Console` is what both halves share: the node, one transaction per request
-(:meth:`Console.ops`), who is asking (a Bearer token, or the browser's signed session cookie),
+(:meth:`Console.run`), who is asking (a Bearer token, or the browser's signed session cookie),
 and the cookie's CSRF token. Any number of console processes may serve one cloud: everything they
 share (the cookie-signing key, the sign-in throttle, tokens) is in the database.
 """

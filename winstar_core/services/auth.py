@@ -46,6 +46,9 @@ FREE_FAILURES = 5
 FAILURE_WINDOW_MS = 15 * 60 * 1000
 MAX_WAIT_S = 60
 LINK_LIFETIME_MS = 60 * 60 * 1000
+#: one new throttle row in this many deletes the rows whose window is over (emails sprayed at the
+#: sign-in form leave one row each: each cost its sender a password check)
+PRUNE_EVERY = 100
 #: how stale ``api_token.last_used`` may get before a request writes it again (reads stay reads)
 LAST_USED_EVERY_MS = 5 * 60 * 1000
 SECRET_KEY = "console_secret_key"
@@ -172,6 +175,10 @@ def sign_in(session: Session, email: str, password: str) -> User:
     if row is None:
         # made (and locked) before the password is looked at: parallel attempts for one email queue
         # on it and each is counted, instead of all finding no row and one of them counted
+        if secrets.randbelow(PRUNE_EVERY) == 0:  # now and then, the counts past their window go
+            session.execute(
+                sa.delete(SignInThrottle).where(SignInThrottle.last_failure < now_ms() - FAILURE_WINDOW_MS)
+            )
         _insert_missing(session, SignInThrottle, key=key, failures=0, last_failure=0)
         row = session.get(SignInThrottle, key, with_for_update=lock, populate_existing=True)
     now = now_ms()  # once the lock is held: after the attempts queued before this one

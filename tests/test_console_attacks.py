@@ -13,6 +13,7 @@ import zlib
 from typing import Any
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from console_world import PASSWORD, ConsoleWorld
 
@@ -26,6 +27,10 @@ EMAILS = {
     "south": "south@acme.test",
     "other": "admin@other.test",
 }
+
+#: checks of HTTP (headers, forms, redirects, escaping, CSRF) in which the database plays no part:
+#: run on SQLite only (the rights, the throttle and the sessions run on both databases)
+HTTP_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 class Browser:
@@ -76,6 +81,7 @@ def count(world: ConsoleWorld, model: Any) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
+@HTTP_ONLY
 def test_head_requests_on_api_routes_are_answered_not_a_500(console_world: ConsoleWorld) -> None:
     w = console_world
     for path in ("/api/v1/edges", "/api/v1/me", f"/api/v1/edges/{w.ids['plant-1']}", "/api/v1/openapi.json"):
@@ -103,6 +109,7 @@ def test_a_nul_or_odd_text_in_the_sign_in_email_is_refused_not_a_500(console_wor
     assert Browser(w, "admin").get("/edges").status_code == 200
 
 
+@HTTP_ONLY
 def test_web_pages_answer_head_too(console_world: ConsoleWorld) -> None:
     b = Browser(console_world, "admin")
     for path in ("/edges", f"/edges/{console_world.ids['plant-1']}", "/sign-in", "/no/such/page"):
@@ -186,6 +193,7 @@ def test_signing_out_ends_the_session_not_only_the_cookie(console_world: Console
     assert Browser(w, "north").api("GET", "/me").status_code == 200
 
 
+@HTTP_ONLY
 def test_a_sign_out_without_the_csrf_token_changes_nothing(console_world: ConsoleWorld) -> None:
     b = Browser(console_world, "north")
     r = b.client.post("/sign-out", data={})
@@ -255,6 +263,7 @@ def framing_refused(r: httpx.Response) -> bool:
     return r.headers.get("x-frame-options", "").upper() == "DENY" or "frame-ancestors 'none'" in csp
 
 
+@HTTP_ONLY
 def test_every_html_answer_refuses_framing_and_sniffing(console_world: ConsoleWorld) -> None:
     """The Downlinks tab's rows (a fragment with Retry/Dismiss buttons and their CSRF token) could
     be framed by a same-site page and clicked through; nothing the console serves may be framed or
@@ -282,6 +291,7 @@ def test_every_html_answer_refuses_framing_and_sniffing(console_world: ConsoleWo
     assert answers["rows signed out"].headers["content-type"].startswith("text/plain")
 
 
+@HTTP_ONLY
 def test_api_answers_holding_secrets_are_not_cached(console_world: ConsoleWorld) -> None:
     w = console_world
     for method, path, body in (
@@ -299,6 +309,7 @@ def test_api_answers_holding_secrets_are_not_cached(console_world: ConsoleWorld)
 # --------------------------------------------------------------------------------------------------
 
 
+@HTTP_ONLY
 def test_a_huge_sign_in_form_is_refused_before_it_is_read(console_world: ConsoleWorld) -> None:
     """Before anyone is signed in, a form of 20 fields of 1 MB each would be read whole."""
     w = console_world
@@ -311,6 +322,7 @@ def test_a_huge_sign_in_form_is_refused_before_it_is_read(console_world: Console
     assert post_sign_in(w, "admin@acme.test", PASSWORD).status_code == 303
 
 
+@HTTP_ONLY
 def test_a_huge_form_of_a_signed_in_user_is_refused_and_changes_nothing(console_world: ConsoleWorld) -> None:
     """Any session (a read-only customer user's too) could post 2,000 fields of 1 MB each."""
     w = console_world
@@ -323,6 +335,7 @@ def test_a_huge_form_of_a_signed_in_user_is_refused_and_changes_nothing(console_
     assert b.get("/edges").status_code == 200
 
 
+@HTTP_ONLY
 def test_a_file_posted_to_a_form_is_a_clear_refusal(console_world: ConsoleWorld) -> None:
     w = console_world
     b = Browser(w, "admin")
@@ -356,6 +369,7 @@ def readable(cookie: str) -> str:
     return (zlib.decompress(raw) if cookie.startswith(".") else raw).decode("utf-8", "replace")
 
 
+@HTTP_ONLY
 def test_a_new_token_or_edge_secret_does_not_travel_readable_in_a_cookie(console_world: ConsoleWorld) -> None:
     """The one-time secret shown after a form's redirect was carried by a signed, readable cookie:
     any proxy or log that keeps Cookie headers kept the token and the edge's secret."""
@@ -469,6 +483,7 @@ def test_a_name_taken_by_another_customer_is_a_conflict_that_names_nothing_else(
     assert w.call("south", "GET", "/api/v1/entities/device/north-pump").status_code == 404
 
 
+@HTTP_ONLY
 def test_names_and_values_are_escaped_everywhere(console_world: ConsoleWorld) -> None:
     w = console_world
     evil = "<img src=x onerror=alert(1)>"
@@ -502,6 +517,7 @@ def test_names_and_values_are_escaped_everywhere(console_world: ConsoleWorld) ->
     assert "&lt;img src=x onerror=alert(1)&gt;" in b.get(f"/entities/device/{entity}").text
 
 
+@HTTP_ONLY
 def test_next_only_leads_to_a_page_of_this_console(console_world: ConsoleWorld) -> None:
     w = console_world
     for target in (
@@ -530,6 +546,7 @@ def test_next_only_leads_to_a_page_of_this_console(console_world: ConsoleWorld) 
         client.close()
 
 
+@HTTP_ONLY
 def test_sign_in_without_its_pairing_is_refused(console_world: ConsoleWorld) -> None:
     """Login CSRF: another site's form signing the victim in to the attacker's account."""
     r = httpx.post(
@@ -539,6 +556,7 @@ def test_sign_in_without_its_pairing_is_refused(console_world: ConsoleWorld) -> 
     assert r.status_code == 403 and COOKIE not in r.cookies
 
 
+@HTTP_ONLY
 def test_api_writes_by_cookie_without_the_csrf_header_change_nothing(console_world: ConsoleWorld) -> None:
     """A cross-site form can post text/plain that reads as JSON, with the cookie: no CSRF header."""
     w = console_world

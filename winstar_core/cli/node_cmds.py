@@ -8,8 +8,8 @@ import click
 
 from winstar_core.cli.api import current_node, emit, node_options
 from winstar_core.node import CLOUD, EDGE
-from winstar_core.services.cloud import edge_connected, edge_node_name
 from winstar_core.services.common import LIVENESS_MS, get_config, iso
+from winstar_core.services.shapes import edges_view
 from winstar_core.store.models import HELD, now_ms
 
 
@@ -64,18 +64,8 @@ def status(as_json: bool) -> None:
     role = node.role()
     if role == CLOUD:
         with node.cloud() as cloud:
-            pending = cloud.pending_counts()
-            edges = [
-                {
-                    "id": str(e.id),
-                    "name": e.name,
-                    "connected": edge_connected(e),
-                    "node": edge_node_name(e),
-                    "last_seen": iso(e.last_seen),
-                    "pending": pending.get(e.id, 0),
-                }
-                for e in cloud.list_edges()
-            ]
+            keys = ("id", "name", "connected", "node", "last_seen", "pending")
+            edges = [{k: e[k] for k in keys} for e in edges_view(cloud.session)]
             value: dict[str, Any] = {"role": CLOUD, "edition": cloud.edition, "edges": edges}
         if as_json:
             emit(value, True)

@@ -7,7 +7,6 @@ and the OpenAPI description at ``/api/v1/openapi.json`` is made from that list.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from winstar_core.console.ops import Ops
 from winstar_core.entity_types import MAX_DATA_BYTES
 from winstar_core.errors import Conflict, InvalidData, NotFound, PermissionDenied, WinstarError
 from winstar_core.services.auth import TooManyFailures
+from winstar_core.services.views import load_json
 from winstar_core.store.models import EVENT_STATUSES
 
 log = logging.getLogger("winstar.console")
@@ -179,22 +179,10 @@ async def read_json(request: Request) -> Any:
     if not raw.strip():
         return None
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_not_json)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise WinstarError("the request body is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise WinstarError(
-            f"the request body is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})"
-        ) from None
-    except RecursionError:
-        raise WinstarError("the request body nests too deeply to read") from None
-    except ValueError as exc:
-        raise WinstarError(f"the request body cannot be read: {' '.join(str(exc).split())}") from None
-
-
-def _not_json(constant: str) -> Any:
-    """NaN and Infinity, which Python's json reads but JSON does not have (nor PostgreSQL's JSONB)."""
-    raise ValueError(f"{constant} is not a JSON value")
+    return load_json(text, "the request body", finite=True)
 
 
 def _handler(console: Console, endpoint: Endpoint) -> Callable[[Request], Any]:

@@ -42,7 +42,6 @@ COOKIE = "winstar_session"
 #: a browser session lasts this long after sign-in
 SESSION_SECONDS = 12 * 3600
 CSRF_HEADER = "x-csrf-token"
-CSRF_FIELD = "csrf"
 
 
 class Unauthorized(WinstarError):
@@ -84,14 +83,22 @@ class Console:
             service.outbox.flush(session)
 
     def run(
-        self, request: Request, work: Callable[[Ops], T], *, write: bool = False, browser_only: bool = False
+        self,
+        request: Request,
+        work: Callable[[Ops], T],
+        *,
+        write: bool = False,
+        browser_only: bool = False,
+        caller: Caller | None = None,
     ) -> T:
         """``work`` for the request's user, in one transaction. A request that changes something
         and is signed in by cookie must carry the session's CSRF token (:meth:`check_csrf`);
         ``browser_only`` work is refused to an API token (a token may not make another: a stolen
-        one would outlive its revocation)."""
+        one would outlive its revocation). ``caller``: who the request is from, when the page
+        already read it (else read here, in the same transaction)."""
         with self.cloud() as cloud:
-            caller = self.caller(request, cloud.session)  # in the same transaction: one round trip less
+            if caller is None:
+                caller = self.caller(request, cloud.session)  # in the same transaction
             if write and caller.via == "cookie":
                 self.check_csrf(request, caller)
             if browser_only and caller.via != "cookie":

@@ -88,7 +88,7 @@ class Ctx:
         self.form = form
 
     def run(self, work: Callable[[Ops], Any]) -> Any:
-        return self.web.console.run(self.request, work)
+        return self.web.console.run(self.request, work, caller=self.caller)  # read by the view already
 
     def param(self, name: str) -> str:
         return str(self.request.path_params[name])

@@ -78,11 +78,9 @@ def token_json(t: ApiToken) -> dict[str, Any]:
     }
 
 
-def edge_json(e: Any, pending: int, node: str | None = None, *, nodes_known: bool = False) -> dict[str, Any]:
-    """An edge as `winstar edge list` shows it. ``e``: an :class:`Edge`, or a row with its columns
-    (:func:`edges_view`), whose serving node's name is then ``node`` (``nodes_known``)."""
-    if not nodes_known:
-        node = edge_node_name(e)
+def edge_json(e: Any, pending: int, node: str | None) -> dict[str, Any]:
+    """An edge as `winstar edge list` shows it. ``e``: an :class:`Edge` or a row with its columns;
+    ``node``: the name of the live node serving it (None: not connected)."""
     return {
         "id": str(e.id),
         "name": e.name,
@@ -124,7 +122,7 @@ def edges_view(session: Session, where: Iterable[Any] = (), *, console: bool = F
             counts[(edge_id, status)] = int(n)
     out = []
     for r in rows:
-        item = edge_json(r, counts.get((r.id, PENDING), 0), live.get(r.node_id), nodes_known=True)
+        item = edge_json(r, counts.get((r.id, PENDING), 0), live.get(r.node_id))
         if console:
             item["failed"] = counts.get((r.id, FAILED), 0)
             item["last_sync"] = iso(r.last_sync)
@@ -137,7 +135,7 @@ def edge_details(cloud: CloudService, edge: Edge) -> dict[str, Any]:
     downlinks' counts and its last Sync Edge."""
     counts = event_counts(cloud.session, edge)
     outcome = cloud.sync_outcome(edge)
-    base = edge_json(edge, counts.get(PENDING, 0))
+    base = edge_json(edge, counts.get(PENDING, 0), edge_node_name(edge))
     return {
         **{k: base[k] for k in ("id", "name", "tenant_id", "customer_id", "connected")},
         "node": base["node"],

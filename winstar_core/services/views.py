@@ -53,7 +53,6 @@ def parse_json_data(raw: str | None) -> dict[str, Any] | None:
     """``--data``: a JSON object, ``@PATH`` to read it from a file, or ``-`` for standard input."""
     if raw is None:
         return None
-    import json
     import sys
 
     if raw == "-":
@@ -69,16 +68,29 @@ def parse_json_data(raw: str | None) -> dict[str, Any] | None:
             raise WinstarError(
                 f"--data {raw}: cannot read it ({getattr(exc, 'strerror', None) or exc})"
             ) from None
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise WinstarError(
-            f"--data is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})"
-        ) from None
-    except RecursionError:
-        raise WinstarError("--data nests too deeply to read") from None
-    except ValueError as exc:  # an integer of thousands of digits, say
-        raise WinstarError(f"--data cannot be read: {' '.join(str(exc).split())}") from None
+    value = load_json(raw, "--data")
     if not isinstance(value, dict):
         raise WinstarError("--data must be a JSON object")
     return value
+
+
+def load_json(text: str, what: str, *, finite: bool = False) -> Any:
+    """``text`` read as JSON; a one-line :class:`WinstarError` naming ``what`` (``--data``, the
+    request body) for anything that is not. ``finite``: NaN and Infinity, which Python reads but
+    JSON does not have (nor PostgreSQL's JSONB), are refused too."""
+    import json
+
+    try:
+        return json.loads(text, parse_constant=_not_json if finite else None)
+    except json.JSONDecodeError as exc:
+        raise WinstarError(
+            f"{what} is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise WinstarError(f"{what} nests too deeply to read") from None
+    except ValueError as exc:  # an integer of thousands of digits, say, or NaN
+        raise WinstarError(f"{what} cannot be read: {' '.join(str(exc).split())}") from None
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
